@@ -1,0 +1,79 @@
+"""The one interface every cutoff policy implements, live and in the simulator.
+
+A policy sees, after each step, every worker's time with a censoring flag (a cut worker's
+true time is unknown: it shows the cutoff and ``censored=True``), and answers with the
+cutoff for a coming step in seconds measured from step start. ``math.inf`` means "wait for
+every worker".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class CutoffPolicy(Protocol):
+    """What the live optimizer and the simulator call; any object with these methods plugs in."""
+
+    def observe(self, times: np.ndarray, censored: np.ndarray) -> None:
+        """Record one step: ``times[n]`` seconds for worker n (the cutoff if ``censored[n]``).
+
+        NaN in ``times`` marks an absent worker: it neither finished nor was cut.
+        """
+
+    def cutoff(self) -> float:
+        """Seconds from step start after which non-finished workers are cut (``inf``: none)."""
+
+
+class Policy:
+    """Convenience base: argument checking and the optional parts of the interface.
+
+    ``quorum()`` lets a policy end a step after a number of arrivals instead of a time
+    (backup workers). The simulator honours it exactly; live, a step can only end at a
+    time, so live runs use ``cutoff()``, which such a policy must also provide.
+    """
+
+    name: str = "policy"
+
+    def observe(self, times: np.ndarray, censored: np.ndarray) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def cutoff(self) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    def quorum(self) -> Optional[int]:
+        return None
+
+    def config(self) -> dict:
+        """What must agree across ranks (compared at the first live step)."""
+        return {"policy": self.name}
+
+
+def check_step(times: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and normalise one observation; raises ValueError naming the argument."""
+    times = np.asarray(times, dtype=np.float64)
+    censored = np.asarray(censored, dtype=bool)
+    if times.ndim != 1:
+        raise ValueError(f"times must be a 1-D vector of worker times, got shape {times.shape}")
+    if censored.shape != times.shape:
+        raise ValueError(
+            f"censored must have the shape of times {times.shape}, got {censored.shape}"
+        )
+    finite = times[~np.isnan(times)]
+    if np.any(finite < 0) or np.any(np.isinf(finite)):
+        raise ValueError("times must be finite and non-negative (NaN marks an absent worker)")
+    return times, censored
+
+
+def positive_seconds(value: float, argument: str) -> float:
+    """A strictly positive, finite number of seconds, or ValueError naming ``argument``."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{argument} must be a number of seconds, got {value!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{argument} must be a positive, finite number of seconds, got {value}")
+    return value

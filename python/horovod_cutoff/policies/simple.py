@@ -1,0 +1,121 @@
+"""Baseline policies that need no model: wait for all, a fixed cutoff, backup workers."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Optional
+
+import numpy as np
+
+from .base import Policy, check_step, positive_seconds
+
+# A cut step tells us only that the quantity we track lies beyond the cutoff; we widen by
+# this factor so that a too-tight cutoff recovers in a few steps rather than starving.
+WIDEN = 2.0
+
+
+class NoCutoff(Policy):
+    """Plain Horovod: every step waits for every worker."""
+
+    name = "none"
+
+    def observe(self, times: np.ndarray, censored: np.ndarray) -> None:
+        check_step(times, censored)
+
+    def cutoff(self) -> float:
+        return math.inf
+
+
+class StaticCutoff(Policy):
+    """A fixed cutoff in seconds, or a fixed quantile of the last ``window`` steps' times.
+
+    In quantile mode cut workers count as "beyond the cutoff" (+inf), so when the quantile
+    falls among them the cutoff widens instead of shrinking on imputed values.
+    """
+
+    name = "static"
+
+    def __init__(
+        self, seconds: Optional[float] = None, quantile: Optional[float] = None, window: int = 50
+    ):
+        if (seconds is None) == (quantile is None):
+            raise ValueError("static cutoff needs exactly one of seconds= or quantile=")
+        if seconds is not None:
+            seconds = positive_seconds(seconds, "seconds")
+        if quantile is not None and not (0.0 < float(quantile) <= 1.0):
+            raise ValueError(f"quantile must lie in (0, 1], got {quantile}")
+        if int(window) < 1:
+            raise ValueError(f"window must be a positive number of steps, got {window}")
+        self.seconds = seconds
+        self.quantile = None if quantile is None else float(quantile)
+        self.window: deque = deque(maxlen=int(window))
+        self._cutoff = math.inf if seconds is None else seconds
+
+    def observe(self, times: np.ndarray, censored: np.ndarray) -> None:
+        times, censored = check_step(times, censored)
+        if self.quantile is None:
+            return
+        present = ~np.isnan(times)
+        self.window.append(np.where(censored, np.inf, times)[present])
+        pooled = np.concatenate(list(self.window))
+        if pooled.size == 0:
+            return
+        q = float(np.quantile(pooled, self.quantile, method="higher"))
+        if math.isinf(q):
+            # The quantile lies among cut workers: all we know is that it exceeds the cutoff.
+            q = WIDEN * float(np.max(times[present]))
+        self._cutoff = q
+
+    def cutoff(self) -> float:
+        return self._cutoff
+
+    def config(self) -> dict:
+        return {"policy": self.name, "seconds": self.seconds, "quantile": self.quantile,
+                "window": self.window.maxlen}
+
+
+class BackupWorkers(Policy):
+    """Chen et al. 2016: end the step once the first N-b workers are done.
+
+    The simulator applies the quorum exactly. Live, a step can only end at a time, so the
+    cutoff tracks the median of the recent (N-b)-th arrival times; a step where fewer than
+    N-b arrived widens it.
+    """
+
+    name = "backup"
+
+    def __init__(self, backup: int = 1, window: int = 20):
+        if isinstance(backup, bool) or not isinstance(backup, (int, np.integer)) or backup < 0:
+            raise ValueError(f"backup must be a non-negative integer number of workers, got {backup!r}")
+        if int(window) < 1:
+            raise ValueError(f"window must be a positive number of steps, got {window}")
+        self.backup = int(backup)
+        self.workers: Optional[int] = None
+        self.arrivals: deque = deque(maxlen=int(window))
+
+    def quorum(self) -> Optional[int]:
+        if self.workers is None:
+            return None
+        return max(1, self.workers - self.backup)
+
+    def observe(self, times: np.ndarray, censored: np.ndarray) -> None:
+        times, censored = check_step(times, censored)
+        present = ~np.isnan(times)
+        self.workers = int(present.sum())
+        k = self.quorum()
+        done = np.sort(times[present & ~censored])
+        if k is None or k == 0:
+            return
+        if done.size >= k:
+            self.arrivals.append(float(done[k - 1]))
+        else:
+            self.arrivals.append(WIDEN * float(np.max(times[present])))
+
+    def cutoff(self) -> float:
+        if not self.arrivals:
+            return math.inf
+        return float(np.median(self.arrivals))
+
+    def config(self) -> dict:
+        return {"policy": self.name, "backup": self.backup, "window": self.arrivals.maxlen}
