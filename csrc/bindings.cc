@@ -22,6 +22,7 @@ py::dict to_dict(const hvdcut::StepResult& r) {
   d["cutoff"] = r.cutoff;
   d["next_cutoff"] = r.next_cutoff;
   d["seconds"] = r.seconds;
+  d["submitted_at"] = r.submitted_at;
   d["times"] = r.times;
   d["censored"] = std::vector<bool>(r.censored.begin(), r.censored.end());
   d["fingerprints"] = r.fingerprints;

@@ -10,7 +10,12 @@
 
 #include <torch/extension.h>
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 
@@ -71,6 +76,7 @@ struct EngineState {
   at::Tensor zeros; // a cut rank's contribution: zeros + header
   std::vector<at::Tensor> free_outputs;
   at::Tensor in_flight_output;
+  double submitted_at = 0;  // seconds from step start to this rank's submission (P4 measures it)
 
   mutable std::mutex mu;
   std::condition_variable timer_cv;     // wakes the timer thread
@@ -127,6 +133,7 @@ void submit(const std::shared_ptr<EngineState>& s, int64_t step, bool with_gradi
     std::lock_guard<std::mutex> lock(s->mu);
     output = s->take_output();
     s->in_flight_output = output;
+    s->submitted_at = seconds_between(s->start, Clock::now());
   }
   auto context = std::make_shared<ht::TorchOpContext>(s->device < 0 ? CPU_DEVICE_ID : s->device,
                                                       output);
@@ -179,6 +186,7 @@ void complete(EngineState& s, const Completion& c) {
   r.count = std::round(h[L.count() - base]);
   r.cutoff = s.cutoff;
   r.seconds = seconds_between(s.start, c.at);
+  r.submitted_at = s.submitted_at;
   for (int64_t k = 0; k < s.world; ++k) {
     r.times.push_back(h[L.time(k) - base]);
     r.censored.push_back(h[L.censored(k) - base] > 0.5);
@@ -204,7 +212,20 @@ void complete(EngineState& s, const Completion& c) {
   s.done_cv.notify_all();
 }
 
+// The deadline must hold even when every core is busy with compute: a real-time priority
+// lets the (mostly sleeping) timer thread preempt it at once. Needs CAP_SYS_NICE (root);
+// without it the thread keeps normal priority and the overshoot tail grows (see P4).
+// HOROVOD_CUTOFF_TIMER_PRIORITY=0 opts out.
+void raise_timer_priority() {
+  const char* env = std::getenv("HOROVOD_CUTOFF_TIMER_PRIORITY");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return;
+  sched_param param{};
+  param.sched_priority = sched_get_priority_min(SCHED_FIFO);
+  pthread_setschedparam(pthread_self(), SCHED_FIFO, &param);  // best effort
+}
+
 void timer_loop(std::shared_ptr<EngineState> s) {
+  raise_timer_priority();
   std::unique_lock<std::mutex> lock(s->mu);
   while (!s->stop) {
     while (!s->completions.empty()) {

@@ -35,6 +35,7 @@ struct StepResult {
   double cutoff = 0;       // the cutoff this step ran under
   double next_cutoff = 0;  // the cutoff step+1 runs under (reuse and widen rules applied)
   double seconds = 0;      // this rank's wall time from step start to reduction done
+  double submitted_at = 0; // when this rank's contribution entered Horovod, from step start
   std::vector<double> times;
   std::vector<bool> censored;
   std::vector<int64_t> fingerprints;

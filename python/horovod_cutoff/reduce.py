@@ -179,6 +179,7 @@ class PartialReduction:
             "times": result["times"],
             "censored": result["censored"],
             "step_seconds": result["seconds"],
+            "submitted_at": result["submitted_at"],
             "outcome": result["outcome"],
             "next_cutoff": result["next_cutoff"],
         })

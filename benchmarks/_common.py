@@ -1,0 +1,62 @@
+"""What every benchmark needs: the machine it ran on, and launching ranks under horovodrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+
+def machine() -> str:
+    """The device figures were measured on, in words."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return f"cuda: {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu}, {os.cpu_count()} cores"
+
+
+def horovodrun(np_: int, script: Path, params: Dict[str, Any], timeout: float = 900) -> List[dict]:
+    """Runs ``script --rank-side OUTDIR PARAMS`` on np_ local ranks; returns each rank's JSON."""
+    launcher = Path(sys.executable).with_name("horovodrun")
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [str(launcher), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", sys.executable,
+               str(script), "--rank-side", out, json.dumps(params)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise RuntimeError(f"{script.name}: ranks did not finish in {timeout} s") from None
+        if proc.returncode != 0:
+            raise RuntimeError(f"{script.name}: horovodrun failed:\n{output[-3000:]}")
+        return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(np_)]
+
+
+def write_rank_result(outdir: str, rank: int, payload: dict) -> None:
+    with open(os.path.join(outdir, f"rank{rank}.json"), "w") as fh:
+        json.dump(payload, fh)
+
+
+def percentile(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=float), q))
