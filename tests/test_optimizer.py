@@ -211,3 +211,14 @@ def test_times_vector_matches_numpy_dtype_for_policies():
         loss_step(model, opt)
     assert seen["times"].dtype == np.float64 and seen["censored"].dtype == bool
     opt.close()
+
+
+def test_frozen_parameters_are_left_alone():
+    model = torch.nn.Linear(3, 2)
+    model.bias.requires_grad_(False)
+    bias = model.bias.detach().clone()
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5),
+                                   named_parameters=model.named_parameters(), cutoff="none")
+    loss_step(model, opt)
+    assert model.bias.grad is None and torch.equal(model.bias, bias)
+    opt.close()

@@ -25,7 +25,8 @@ class _CutoffOptimizer:
 
     def __init__(self, params, named_parameters, policy, policy_config, step_timeout):
         super(self.__class__, self).__init__(params)
-        ordered = [p for group in self.param_groups for p in group["params"]]
+        # Frozen parameters take no part: they get no gradient, as in plain Horovod.
+        ordered = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
         names = _parameter_names(ordered, named_parameters)
         self._reduction = PartialReduction(
             ordered, names, policy, policy_config, rank=_hvd.rank(), size=_hvd.size(),
