@@ -9,12 +9,16 @@ from __future__ import annotations
 from typing import Any, Callable, Dict
 
 from .base import CutoffPolicy, Policy, check_step
+from .adaptive import AdaptiveLogNormal
+from .elfving import Elfving
 from .simple import BackupWorkers, NoCutoff, StaticCutoff
 
 POLICIES: Dict[str, Callable[..., Any]] = {
     "none": NoCutoff,
     "static": StaticCutoff,
     "backup": BackupWorkers,
+    "elfving": Elfving,
+    "adaptive": AdaptiveLogNormal,
 }
 
 
@@ -47,4 +51,4 @@ def make_policy(spec: Any, **params: Any) -> CutoffPolicy:
 
 
 __all__ = ["CutoffPolicy", "Policy", "POLICIES", "register", "make_policy", "check_step",
-           "NoCutoff", "StaticCutoff", "BackupWorkers"]
+           "NoCutoff", "StaticCutoff", "BackupWorkers", "Elfving", "AdaptiveLogNormal"]

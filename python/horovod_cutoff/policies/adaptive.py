@@ -1,0 +1,70 @@
+"""The model-free adaptive baseline: a per-worker exponentially weighted log-normal predictive
+of next step's time, censoring-aware, and the exact expected-throughput argmax over cutoffs.
+
+It is the bar the learned model must clear: it adapts to slow nodes and drifts, but knows
+nothing of regimes, correlations or periodicity.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from .base import Policy, check_step
+from .lognormal import best_cutoff, impute_censored_log
+
+MIN_SD = 0.02  # log-space floor: a worker never looks perfectly predictable
+
+
+class AdaptiveLogNormal(Policy):
+    name = "adaptive"
+
+    def __init__(self, alpha: float = 0.2, overhead: float = 0.0, warmup: int = 3):
+        if not (0.0 < float(alpha) <= 1.0):
+            raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+        if not (float(overhead) >= 0 and math.isfinite(float(overhead))):
+            raise ValueError(f"overhead must be a non-negative number of seconds, got {overhead}")
+        if int(warmup) < 1:
+            raise ValueError(f"warmup must be at least 1 step, got {warmup}")
+        self.alpha = float(alpha)
+        self.overhead = float(overhead)
+        self.warmup = int(warmup)
+        self.mu: Optional[np.ndarray] = None
+        self.var: Optional[np.ndarray] = None
+        self.seen = 0
+        self._cutoff = math.inf
+
+    def observe(self, times: np.ndarray, censored: np.ndarray) -> None:
+        times, censored = check_step(times, censored)
+        present = ~np.isnan(times)
+        if not present.any():
+            return
+        log_t = np.log(np.maximum(times, 1e-9))
+        if self.mu is None or self.mu.shape != times.shape:
+            # First look: uncensored logs as they are; a cut worker starts at twice the cutoff.
+            self.mu = np.where(censored, log_t + math.log(2.0), log_t)
+            self.mu[~present] = np.nanmean(np.where(present, self.mu, np.nan))
+            self.var = np.full(times.shape, 0.25**2)
+        else:
+            sd = np.sqrt(self.var)
+            value = np.where(censored, impute_censored_log(log_t, self.mu, sd), log_t)
+            a = self.alpha
+            delta = np.where(present, value - self.mu, 0.0)
+            self.mu = self.mu + a * delta
+            self.var = np.where(present, (1 - a) * (self.var + a * delta**2), self.var)
+        self.seen += 1
+        if censored[present].all():
+            # Nobody made it: widen instead of trusting imputed times.
+            self._cutoff = 2.0 * float(np.nanmax(times))
+        elif self.seen >= self.warmup:
+            sd = np.maximum(np.sqrt(self.var), MIN_SD)
+            self._cutoff = best_cutoff(self.mu[present], sd[present], self.overhead)
+
+    def cutoff(self) -> float:
+        return self._cutoff
+
+    def config(self) -> dict:
+        return {"policy": self.name, "alpha": self.alpha, "overhead": self.overhead,
+                "warmup": self.warmup}

@@ -1,0 +1,121 @@
+"""Every policy through the one interface, on the edge cases live runs and traces produce."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from horovod_cutoff.policies import POLICIES, make_policy
+from horovod_cutoff.policies.adaptive import AdaptiveLogNormal
+from horovod_cutoff.policies.lognormal import best_cutoff
+from horovod_cutoff.sim import build_policy
+
+ONLINE = sorted(POLICIES)
+
+
+def feed(policy, rows, cutoff=None):
+    for row in rows:
+        row = np.asarray(row, dtype=float)
+        c = policy.cutoff() if cutoff is None else cutoff
+        cut = ~np.isnan(row) & (row > c)
+        policy.observe(np.where(cut, c, row), cut)
+    return policy.cutoff()
+
+
+@pytest.mark.parametrize("name", ONLINE)
+def test_single_worker(name):
+    c = feed(build_policy(name, 0.01), [[0.2]] * 10)
+    assert c > 0 and not math.isnan(c)
+
+
+@pytest.mark.parametrize("name", ONLINE)
+def test_all_equal_times_admit_every_worker_eventually(name):
+    c = feed(build_policy(name, 0.01), [[0.3] * 8] * 30)
+    assert c > 0 and not math.isnan(c)
+    if name not in ("backup",):  # backup waits for N-b by design
+        assert c >= 0.3 * 0.999 or math.isinf(c)
+
+
+@pytest.mark.parametrize("name", ONLINE)
+def test_absent_workers_are_ignored(name):
+    rows = [[0.2, np.nan, 0.25, 0.22]] * 10
+    c = feed(build_policy(name, 0.01), rows)
+    assert c > 0 and not math.isnan(c)
+
+
+@pytest.mark.parametrize("name", ["static", "backup", "elfving", "adaptive"])
+def test_all_censored_step_widens_the_cutoff(name):
+    policy = build_policy(name, 0.01)
+    feed(policy, [[0.2, 0.21, 0.22, 0.5]] * 20)
+    before = policy.cutoff()
+    assert math.isfinite(before)
+    c = 0.5 * before
+    policy.observe(np.full(4, c), np.ones(4, dtype=bool))
+    assert policy.cutoff() > c
+
+
+def test_none_always_waits():
+    assert math.isinf(feed(make_policy("none"), [[0.1, 5.0]] * 3))
+
+
+def test_static_seconds_is_fixed_and_quantile_follows_recent_times():
+    assert feed(make_policy("static", seconds=0.7), [[0.1, 0.2]] * 5) == 0.7
+    q = make_policy("static", quantile=0.5, window=4)
+    feed(q, [[1.0, 2.0, 3.0, 4.0]] * 4, cutoff=10.0)
+    assert q.cutoff() in (2.0, 3.0)
+
+
+def test_adaptive_does_not_take_a_cut_workers_cutoff_as_its_time():
+    """Censoring: a worker always cut at 0.3 must be believed slower than 0.3."""
+    p = AdaptiveLogNormal(alpha=0.3)
+    for _ in range(40):
+        p.observe(np.array([0.2, 0.21, 0.3]), np.array([False, False, True]))
+    assert math.exp(p.mu[2]) > 0.3
+
+
+def test_adaptive_tracks_a_slowed_worker_and_cuts_it():
+    p = AdaptiveLogNormal(alpha=0.3, overhead=0.01)
+    c = feed(p, [[0.2, 0.2, 0.2, 0.2, 1.0]] * 30)
+    assert 0.2 <= c < 1.0
+
+
+def test_best_cutoff_matches_a_dense_search():
+    rng = np.random.default_rng(0)
+    mu, sd = rng.normal(-1.5, 0.3, 64), rng.uniform(0.05, 0.5, 64)
+    from scipy import stats
+    grid = np.exp(np.linspace(mu.min() - 2, mu.max() + 2, 100_000))
+
+    def rate(c):
+        return stats.norm.cdf((np.log(np.atleast_1d(c))[:, None] - mu) / sd).sum(1) / (np.atleast_1d(c) + 0.01)
+
+    best = rate(grid).max()
+    assert rate(best_cutoff(mu, sd, 0.01))[0] >= best * (1 - 1e-3)
+
+
+def test_elfving_picks_k_by_expected_order_statistics():
+    p = make_policy("elfving", window=5, overhead=0.0)
+    feed(p, [np.linspace(1.0, 2.0, 10)] * 5, cutoff=10.0)
+    # With no overhead and a tight spread, waiting for all 10 is not worth it; the cutoff
+    # lies within the spread of the fitted Normal.
+    assert 0.8 < p.cutoff() < 2.5
+
+
+@pytest.mark.parametrize("name,params,argument", [
+    ("adaptive", {"alpha": 0}, "alpha"), ("adaptive", {"overhead": -1}, "overhead"),
+    ("elfving", {"window": 0}, "window"), ("static", {"seconds": 1, "quantile": 0.5}, "seconds"),
+    ("backup", {"backup": 1.5}, "backup"),
+])
+def test_bad_parameters_name_the_argument(name, params, argument):
+    with pytest.raises(ValueError, match=argument):
+        make_policy(name, **params)
+
+
+@pytest.mark.parametrize("name", ONLINE)
+def test_observe_rejects_malformed_steps(name):
+    policy = build_policy(name, 0.0)
+    with pytest.raises(ValueError, match="censored"):
+        policy.observe(np.ones(3), np.zeros(2, dtype=bool))
+    with pytest.raises(ValueError, match="times"):
+        policy.observe(np.array([0.1, -1.0]), np.zeros(2, dtype=bool))

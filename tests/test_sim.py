@@ -1,0 +1,168 @@
+"""The simulator and its yardsticks against hand computations and brute force."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from horovod_cutoff.policies import BackupWorkers, NoCutoff, StaticCutoff
+from horovod_cutoff.policies.oracle import (backup_hindsight, fixed_cutoff_cost, oracle,
+                                            static_hindsight)
+from horovod_cutoff.sim import replay, simulate, simulate_all
+
+SMALL = np.array([[1.0, 2.0, 4.0], [1.5, 1.0, 3.0], [5.0, 1.0, 1.2], [2.0, 2.0, 2.0]])
+
+
+def brute_force_oracle(times, o):
+    rows = [np.sort(r[~np.isnan(r)]) for r in times]
+    best = 0.0
+    for ks in itertools.product(*[range(1, len(r) + 1) for r in rows]):
+        g = sum(ks)
+        s = sum(r[k - 1] + o for r, k in zip(rows, ks))
+        best = max(best, g / s)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("o", [0.0, 0.3])
+def test_oracle_equals_brute_force_on_small_traces(seed, o):
+    rng = np.random.default_rng(seed)
+    times = rng.lognormal(0, 0.6, size=(4, 3))
+    if seed == 3:
+        times[1, 2] = np.nan  # an absent worker
+    assert oracle(times, o).rate == pytest.approx(brute_force_oracle(times, o), rel=1e-12)
+
+
+def test_none_matches_hand_computation():
+    o = 0.5
+    r = replay(SMALL, NoCutoff(), overhead=o)
+    seconds = (4.0 + o) + (3.0 + o) + (5.0 + o) + (2.0 + o)
+    assert r["gradients"] == 12 and r["seconds"] == pytest.approx(seconds)
+    assert r["gradients_per_second"] == pytest.approx(12 / seconds)
+
+
+def test_static_cutoff_replays_no_contributor_rows_with_doubling():
+    # Row 2's fastest worker needs 1.0: c = 0.4 fails (0.4 + o), 0.8 fails, 1.6 makes 3 of 3?
+    times = np.array([[0.3, 0.5], [1.0, 1.2]])
+    o = 0.1
+    r = replay(times, StaticCutoff(seconds=0.4), overhead=o)
+    # row 0: min(0.4, 0.5) + o, yields 1. row 1: tries 0.4, 0.8 (nobody), 1.6 (both, ends at 1.2).
+    assert r["gradients"] == 1 + 2
+    assert r["seconds"] == pytest.approx((0.4 + o) + (0.4 + o) + (0.8 + o) + (1.2 + o))
+    assert r["zero_steps"] == 2 and r["steps"] == 4
+    g, s, e = fixed_cutoff_cost(times, np.array([0.4]), o)
+    assert (g[0], e[0]) == (3, 4) and s[0] == pytest.approx(r["seconds"])
+
+
+def test_static_hindsight_is_the_best_fixed_cutoff():
+    rng = np.random.default_rng(1)
+    times = rng.lognormal(0, 0.5, size=(30, 5))
+    o = 0.2
+    best = static_hindsight(times, o)
+    for c in np.unique(times):
+        r = replay(times, StaticCutoff(seconds=float(c)), overhead=o)
+        assert r["gradients_per_second"] <= best.rate * (1 + 1e-12)
+    r = replay(times, StaticCutoff(seconds=best.parameter), overhead=o)
+    assert r["gradients_per_second"] == pytest.approx(best.rate)
+
+
+def test_backup_hindsight_matches_hand_computation():
+    o = 0.0
+    # b = 1: rows end at the 2nd arrival: 2.0, 1.5, 1.2, 2.0 (ties: all three at 2.0).
+    g1, s1 = 2 + 2 + 2 + 3, 2.0 + 1.5 + 1.2 + 2.0
+    g0, s0 = 12, 4.0 + 3.0 + 5.0 + 2.0
+    g2, s2 = 1 + 1 + 1 + 3, 1.0 + 1.0 + 1.0 + 2.0
+    best = max([(g0 / s0, 0), (g1 / s1, 1), (g2 / s2, 2)])
+    y = backup_hindsight(SMALL, o)
+    assert y.rate == pytest.approx(best[0]) and y.parameter == best[1]
+
+
+def test_backup_policy_ends_each_step_at_the_quorum_in_the_simulator():
+    policy = BackupWorkers(backup=1)
+    r = replay(SMALL, policy, overhead=0.0)
+    # Step 0 has no quorum yet (waits for all), then the 2nd arrival ends each step.
+    assert r["gradients"] == 3 + 2 + 2 + 3
+    assert r["seconds"] == pytest.approx(4.0 + 1.5 + 1.2 + 2.0)
+
+
+def test_carry_lag_carries_a_cut_workers_unfinished_time():
+    times = np.array([[1.0, 3.0], [1.0, 1.0], [1.0, 1.0]])
+    r = replay(times, StaticCutoff(seconds=1.5), overhead=0.5, carry_lag=True, record=True)
+    # Step 0: worker 1 cut at 1.5, step lasts 2.0, 1.0 left over. Step 1: worker 1 needs 2.0:
+    # cut again at 1.5 (2.0 - 2.0 = 0 left). Step 2: both make it.
+    assert r["gradients"] == 1 + 1 + 2
+    closure = replay(times, StaticCutoff(seconds=1.5), overhead=0.5)
+    assert closure["gradients"] == 1 + 2 + 2
+
+
+class Counter:
+    """Returns how many steps it has seen, as the cutoff: exposes which decision was used."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def observe(self, times, censored):
+        self.seen += 1
+
+    def cutoff(self):
+        return 10.0 + self.seen
+
+
+def test_lag_uses_the_decision_made_lag_steps_earlier():
+    times = np.ones((4, 2))
+    r0 = replay(times, Counter(), record=True)["trail"][:, 1]
+    r1 = replay(times, Counter(), lag=1, record=True)["trail"][:, 1]
+    assert list(r0) == [10, 11, 12, 13]
+    assert list(r1) == [10, 10, 11, 12]
+
+
+def test_a_policy_that_returns_nan_waits_for_everyone():
+    class NaN(Counter):
+        def cutoff(self):
+            return float("nan")
+
+    r = replay(SMALL, NaN())
+    assert r["gradients"] == 12
+
+
+def test_simulate_all_reports_every_policy_and_the_yardsticks():
+    rng = np.random.default_rng(0)
+    times = rng.lognormal(np.log(0.2), 0.3, size=(200, 8))
+    results = simulate_all(times, overhead=0.01, warmup=10)
+    names = [r["policy"] for r in results]
+    for must in ("none", "static", "backup", "elfving", "adaptive", "static_hindsight",
+                 "backup_hindsight", "oracle"):
+        assert must in names
+    for r in results:
+        assert r["ratio_to_oracle"] <= 1.0 + 1e-9, r
+        assert r["oracle_gradients_per_second"] == results[-1]["gradients_per_second"]
+
+
+def test_warmup_leaves_leading_steps_out():
+    r = simulate(SMALL, "none", warmup=2)
+    assert r["steps"] == 2 and r["gradients"] == 6
+    with pytest.raises(ValueError, match="warmup"):
+        simulate(SMALL, "none", warmup=4)
+
+
+def test_unknown_policy_is_named():
+    with pytest.raises(ValueError, match="nonsense"):
+        simulate(SMALL, "nonsense")
+
+
+def test_overhead_must_be_non_negative():
+    with pytest.raises(ValueError, match="overhead"):
+        replay(SMALL, NoCutoff(), overhead=-1.0)
+
+
+def test_oracle_never_yields_zero_and_bounds_every_policy():
+    rng = np.random.default_rng(5)
+    times = rng.pareto(1.5, size=(300, 16)) + 0.1
+    best = oracle(times, 0.05)
+    assert best.gradients >= times.shape[0]
+    for r in simulate_all(times, overhead=0.05):
+        assert r["gradients_per_second"] <= best.rate * (1 + 1e-9)
+    assert math.isfinite(best.rate)
