@@ -1,7 +1,6 @@
 """A real small training under horovodrun, with and without a cutoff, on the same stragglers.
 
-    horovodrun -np 2 -H localhost:2 --gloo python examples/train.py --cutoff static \
-        --cutoff-options '{"quantile": 0.75}'
+    horovodrun -np 2 -H localhost:2 --gloo python examples/train.py --cutoff adaptive
 
 Each rank learns a synthetic classification task (a fixed random teacher network labels
 Gaussian inputs) and is slowed by an injected straggler trace, so plain Horovod and the
@@ -83,8 +82,9 @@ def train(args, cutoff, options, trace):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cutoff", default="static", help="policy name (none, static, backup, ...)")
-    parser.add_argument("--cutoff-options", default='{"quantile": 0.75}', type=json.loads,
+    parser.add_argument("--cutoff", default="adaptive",
+                        help="policy name (none, static, backup, elfving, adaptive)")
+    parser.add_argument("--cutoff-options", default="{}", type=json.loads,
                         help="JSON keyword arguments for the policy")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=32)

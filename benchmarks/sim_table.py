@@ -1,0 +1,58 @@
+"""SIM: every shipped scenario x every policy (gradients/s and ratio to the oracle), plus the
+replay speed of the baselines on 10,000 steps x 64 workers. Not a target: the yardstick."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine  # noqa: E402
+from _scenarios import ONLINE_BASELINES, best_online, markdown, scenario_table  # noqa: E402
+
+ID = "SIM"
+
+
+def replay_speed(quick: bool) -> dict:
+    from horovod_cutoff.sim import build_policy, replay
+    from horovod_cutoff.policies.oracle import backup_hindsight, oracle, static_hindsight
+
+    times = np.random.default_rng(0).lognormal(np.log(0.2), 0.3, size=(10_000, 64))
+    seconds = {}
+    for name in ONLINE_BASELINES:
+        start = time.perf_counter()
+        replay(times, build_policy(name, 0.02), overhead=0.02)
+        seconds[name] = round(time.perf_counter() - start, 3)
+    for name, fn in (("oracle", oracle), ("static_hindsight", static_hindsight),
+                     ("backup_hindsight", backup_hindsight)):
+        start = time.perf_counter()
+        fn(times, 0.02)
+        seconds[name] = round(time.perf_counter() - start, 3)
+    return seconds
+
+
+def run(quick: bool = False) -> dict:
+    rows = scenario_table(quick)
+    speed = replay_speed(quick)
+    best = {r["scenario"]: best_online(r["results"]) for r in rows}
+    slowest = max(speed.values())
+    return {
+        "id": ID, "value": round(slowest, 3), "unit": "s, slowest replay of 10,000 x 64",
+        "target": "seconds, not minutes (< 60)", "met": slowest < 60, "device": machine(),
+        "replay_seconds_10000x64": speed, "best_online_baseline": best,
+        "table": [{"scenario": r["scenario"],
+                   **{p: {"gradients_per_second": round(v["gradients_per_second"], 3),
+                          "ratio_to_oracle": round(v["ratio_to_oracle"], 4)}
+                      for p, v in r["results"].items()}} for r in rows],
+        "markdown": markdown(rows),
+    }
+
+
+if __name__ == "__main__":
+    import json
+    result = run(quick="--quick" in sys.argv)
+    print(json.dumps({k: v for k, v in result.items() if k != "markdown"}))
+    print(result["markdown"])
