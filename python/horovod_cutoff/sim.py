@@ -28,7 +28,8 @@ MAX_REPLAYS = 60
 
 def build_policy(name: str, overhead: float, **params: Any):
     """A registered policy with its default parameters, told the overhead if it takes one."""
-    merged = {**DEFAULT_PARAMS.get(name, {}), **params}
+    # The defaults stand in only for a policy given no parameters at all.
+    merged = dict(params) if params else dict(DEFAULT_PARAMS.get(name, {}))
     factory = POLICIES.get(name)
     if factory is not None and "overhead" in inspect.signature(factory).parameters:
         merged.setdefault("overhead", overhead)

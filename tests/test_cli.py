@@ -1,0 +1,104 @@
+"""The command line as scripts call it: `python -m horovod_cutoff.cli ...` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from horovod_cutoff.traces import save_trace
+
+KEYS = {"policy", "steps", "gradients_per_second", "oracle_gradients_per_second",
+        "ratio_to_oracle", "mean_contributors", "mean_step_seconds"}
+
+
+def cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "horovod_cutoff.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def trace(tmp_path):
+    rng = np.random.default_rng(0)
+    return save_trace(tmp_path / "t.npy", rng.lognormal(np.log(0.2), 0.3, size=(120, 8)))
+
+
+def test_simulate_json_has_every_documented_key(trace):
+    out = json.loads(cli("simulate", "--trace", trace, "--policy", "adaptive",
+                         "--overhead", "0.01", "--warmup", "10", "--json").stdout)
+    assert KEYS <= set(out) and out["policy"] == "adaptive"
+    assert 0 < out["ratio_to_oracle"] <= 1
+
+
+def test_simulate_all_lists_every_policy_with_hindsight_baselines(trace):
+    out = json.loads(cli("simulate", "--trace", trace, "--policy", "all", "--json").stdout)
+    assert isinstance(out, list)
+    names = {r["policy"] for r in out}
+    assert {"none", "static", "backup", "elfving", "adaptive", "static_hindsight",
+            "backup_hindsight", "oracle"} <= names
+    for r in out:
+        assert KEYS <= set(r)
+
+
+def test_simulate_with_policy_parameters_and_carry_lag(trace):
+    out = json.loads(cli("simulate", "--trace", trace, "--policy", "static", "--param",
+                         "seconds=0.25", "--carry-lag", "--lag", "1", "--json").stdout)
+    assert out["carry_lag"] is True and out["lag"] == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--policy", "nonsense"], "nonsense"),
+    (["--policy", "static", "--param", "seconds=-1"], "seconds"),
+    (["--policy", "none", "--warmup", "500"], "warmup"),
+    (["--policy", "none", "--param", "oops"], "--param"),
+])
+def test_bad_arguments_exit_2_with_one_line_naming_them(trace, args, needle):
+    proc = cli("simulate", "--trace", trace, *args, "--json", check=False)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_malformed_trace_is_named(tmp_path):
+    bad = tmp_path / "broken.csv"
+    bad.write_text("0.1,0.2\nx,y\n")
+    proc = cli("simulate", "--trace", bad, "--policy", "none", "--json", check=False)
+    assert proc.returncode == 2 and "broken.csv" in proc.stderr and "not numeric" in proc.stderr
+
+
+def test_generate_writes_a_trace_the_simulator_reads(tmp_path):
+    path = tmp_path / "g.npz"
+    cli("generate", "markov", "--workers", 6, "--steps", 50, "--seed", 3, "-o", path)
+    out = json.loads(cli("simulate", "--trace", path, "--policy", "none", "--json").stdout)
+    assert out["steps"] == 50 and out["mean_contributors"] == 6
+
+
+def test_generate_unknown_scenario_is_named(tmp_path):
+    proc = cli("generate", "tornado", "--workers", 2, "--steps", 5, "-o", tmp_path / "x.npy",
+               check=False)
+    assert proc.returncode == 2 and "tornado" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["trace", "policies", "cutoffs"])
+def test_plot_writes_png(trace, tmp_path, kind):
+    out = tmp_path / f"{kind}.png"
+    cli("plot", kind, "--trace", trace, "-o", out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_bench_discovers_and_runs_a_benchmark_by_id(tmp_path, monkeypatch):
+    (tmp_path / "x9_demo.py").write_text(
+        "ID = 'X9'\n"
+        "def run(quick=False):\n"
+        "    return {'id': 'X9', 'value': 2.0 if quick else 1.0, 'unit': 'u', 'target': '<= 3',\n"
+        "            'met': True, 'device': 'cpu'}\n")
+    monkeypatch.setenv("HOROVOD_CUTOFF_BENCHMARKS", str(tmp_path))
+    out = json.loads(cli("bench", "x9", "--quick", "--json").stdout)
+    assert out["id"] == "X9" and out["value"] == 2.0 and "command" in out
+    proc = cli("bench", "P99", "--json", check=False)
+    assert proc.returncode == 2 and "P99" in proc.stderr
