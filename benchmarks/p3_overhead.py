@@ -37,9 +37,8 @@ def run(quick: bool = False) -> dict:
 
 
 def rank_side(outdir: str, params: dict) -> None:
-    import torch
-
     import horovod_cutoff.torch as hvd
+    import torch
 
     hvd.init()
     torch.set_num_threads(1)

@@ -41,9 +41,8 @@ def run(quick: bool = False) -> dict:
 
 
 def rank_side(outdir: str, params: dict) -> None:
-    import torch
-
     import horovod_cutoff.torch as hvd
+    import torch
     from horovod_cutoff.traces import StragglerInjector
 
     hvd.init()

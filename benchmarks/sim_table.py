@@ -17,8 +17,8 @@ ID = "SIM"
 
 
 def replay_speed(quick: bool) -> dict:
-    from horovod_cutoff.sim import build_policy, replay
     from horovod_cutoff.policies.oracle import backup_hindsight, oracle, static_hindsight
+    from horovod_cutoff.sim import build_policy, replay
 
     times = np.random.default_rng(0).lognormal(np.log(0.2), 0.3, size=(10_000, 64))
     seconds = {}

@@ -14,10 +14,9 @@ import argparse
 import json
 import time
 
+import horovod_cutoff.torch as hvd
 import numpy as np
 import torch
-
-import horovod_cutoff.torch as hvd
 from horovod_cutoff.traces import StragglerInjector
 
 
@@ -99,12 +98,15 @@ def main() -> None:
     runs.append(train(args, args.cutoff, args.cutoff_options, trace))
     if hvd.rank() == 0:
         print(f"\n{hvd.size()} ranks, {args.steps} steps, injected straggler trace (same for all runs)")
-        print(f"{'optimizer':<12} {'wall s':>8} {'grads/s':>9} {'to loss<=%.2f' % args.target_loss:>14} {'final loss':>11}")
+        target = f"to loss<={args.target_loss:.2f}"
+        print(f"{'optimizer':<12} {'wall s':>8} {'grads/s':>9} {target:>14} {'final loss':>11}")
         for r in runs:
             reach = f"{r['time_to_target_s']:.1f} s" if r["time_to_target_s"] else "not reached"
-            print(f"{r['policy']:<12} {r['wall_s']:8.1f} {r['gradients_per_s']:9.1f} {reach:>14} {r['final_loss']:11.3f}")
+            print(f"{r['policy']:<12} {r['wall_s']:8.1f} {r['gradients_per_s']:9.1f} {reach:>14} "
+                  f"{r['final_loss']:11.3f}")
         if len(runs) == 2:
-            print(f"gradients/s vs plain Horovod: {runs[1]['gradients_per_s'] / runs[0]['gradients_per_s']:.2f}x")
+            gain = runs[1]["gradients_per_s"] / runs[0]["gradients_per_s"]
+            print(f"gradients/s vs plain Horovod: {gain:.2f}x")
 
 
 if __name__ == "__main__":

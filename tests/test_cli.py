@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from horovod_cutoff.traces import save_trace
 
 KEYS = {"policy", "steps", "gradients_per_second", "oracle_gradients_per_second",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from horovod_cutoff.traces import SCENARIOS, generate, load_trace, record, stats_to_arrays
 
 

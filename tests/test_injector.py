@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-
 from horovod_cutoff.traces import StragglerInjector, TraceError
 
 TRACE = np.array([[0.02, 0.05], [0.01, np.nan]])

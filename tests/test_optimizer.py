@@ -6,11 +6,10 @@ import math
 import time
 import warnings
 
+import horovod_cutoff.torch as hvd
 import numpy as np
 import pytest
 import torch
-
-import horovod_cutoff.torch as hvd
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from horovod_cutoff.policies import POLICIES, make_policy
 from horovod_cutoff.policies.adaptive import AdaptiveLogNormal
 from horovod_cutoff.policies.lognormal import best_cutoff
@@ -88,7 +87,8 @@ def test_best_cutoff_matches_a_dense_search():
     grid = np.exp(np.linspace(mu.min() - 2, mu.max() + 2, 100_000))
 
     def rate(c):
-        return stats.norm.cdf((np.log(np.atleast_1d(c))[:, None] - mu) / sd).sum(1) / (np.atleast_1d(c) + 0.01)
+        c = np.atleast_1d(c)
+        return stats.norm.cdf((np.log(c)[:, None] - mu) / sd).sum(1) / (c + 0.01)
 
     best = rate(grid).max()
     assert rate(best_cutoff(mu, sd, 0.01))[0] >= best * (1 - 1e-3)

@@ -7,10 +7,13 @@ import math
 
 import numpy as np
 import pytest
-
 from horovod_cutoff.policies import BackupWorkers, NoCutoff, StaticCutoff
-from horovod_cutoff.policies.oracle import (backup_hindsight, fixed_cutoff_cost, oracle,
-                                            static_hindsight)
+from horovod_cutoff.policies.oracle import (
+    backup_hindsight,
+    fixed_cutoff_cost,
+    oracle,
+    static_hindsight,
+)
 from horovod_cutoff.sim import replay, simulate, simulate_all
 
 SMALL = np.array([[1.0, 2.0, 4.0], [1.5, 1.0, 3.0], [5.0, 1.0, 1.2], [2.0, 2.0, 2.0]])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from horovod_cutoff.traces import TraceError, load_trace, save_trace
 
 GOOD = np.array([[0.1, 0.2, np.nan], [0.3, 0.1, 0.2]])

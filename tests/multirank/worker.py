@@ -11,10 +11,9 @@ import os
 import sys
 import time
 
+import horovod_cutoff.torch as hvd
 import numpy as np
 import torch
-
-import horovod_cutoff.torch as hvd
 from horovod_cutoff.traces import StragglerInjector
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
-from .base import CutoffPolicy, Policy, check_step
 from .adaptive import AdaptiveLogNormal
+from .base import CutoffPolicy, Policy, check_step
 from .elfving import Elfving
 from .simple import BackupWorkers, NoCutoff, StaticCutoff
 
