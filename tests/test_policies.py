@@ -119,3 +119,23 @@ def test_observe_rejects_malformed_steps(name):
         policy.observe(np.ones(3), np.zeros(2, dtype=bool))
     with pytest.raises(ValueError, match="times"):
         policy.observe(np.array([0.1, -1.0]), np.zeros(2, dtype=bool))
+
+
+def test_elfving_never_cuts_below_anything_ever_seen_on_skewed_times():
+    """A Normal fit to skewed times must not make waiting for one worker look free."""
+    p = make_policy("elfving", window=20, overhead=0.02)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        row = rng.lognormal(np.log(0.2), 0.1, 16)
+        row[:3] *= 5.0
+        c = p.cutoff()
+        cut = row > c
+        p.observe(np.where(cut, c, row), cut)
+    assert p.cutoff() >= 0.1
+
+
+def test_adaptive_survives_a_worker_always_far_beyond_the_cutoff():
+    p = AdaptiveLogNormal(alpha=0.5)
+    for _ in range(200):
+        p.observe(np.array([0.2, 0.2, 1e-6]), np.array([False, False, True]))
+    assert np.isfinite(p.mu).all() and np.isfinite(p.cutoff())

@@ -48,8 +48,10 @@ class AdaptiveLogNormal(Policy):
             self.mu[~present] = np.nanmean(np.where(present, self.mu, np.nan))
             self.var = np.full(times.shape, 0.25**2)
         else:
-            sd = np.sqrt(self.var)
-            value = np.where(censored, impute_censored_log(log_t, self.mu, sd), log_t)
+            sd = np.maximum(np.sqrt(self.var), MIN_SD)
+            with np.errstate(invalid="ignore"):  # absent workers are NaN here, masked below
+                imputed = impute_censored_log(log_t, self.mu, sd)
+            value = np.where(censored, imputed, log_t)
             a = self.alpha
             delta = np.where(present, value - self.mu, 0.0)
             self.mu = self.mu + a * delta

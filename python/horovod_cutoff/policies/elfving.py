@@ -50,7 +50,9 @@ class Elfving(Policy):
         n = self.workers
         k = np.arange(1, n + 1)
         expected = mu + sd * special.ndtri((k - math.pi / 8) / (n - math.pi / 4 + 1))
-        expected = np.maximum(expected, 1e-9)
+        # A Normal fitted to skewed times puts the fastest order statistics below anything ever
+        # seen (even below zero), which would make waiting for one worker look free.
+        expected = np.maximum(expected, min(float(a.min()) for a in self.window))
         best = int(np.argmax(k / (expected + self.overhead)))
         self._cutoff = float(expected[best])
 

@@ -16,7 +16,11 @@ COARSE, FINE = 96, 64
 
 def inverse_mills(alpha: np.ndarray) -> np.ndarray:
     """pdf(alpha) / sf(alpha) of the standard Normal, stable for large alpha."""
-    return np.exp(-0.5 * alpha**2 - _LOG_SQRT_2PI - special.log_ndtr(-alpha))
+    alpha = np.asarray(alpha, dtype=float)
+    safe = np.clip(alpha, -30.0, 30.0)
+    exact = np.exp(-0.5 * safe**2 - _LOG_SQRT_2PI - special.log_ndtr(-safe))
+    # Far in the tail the ratio is alpha + 1/alpha to within 1e-6 (and the formula overflows).
+    return np.where(alpha > 30.0, alpha + 1.0 / np.maximum(alpha, 30.0), exact)
 
 
 def impute_censored_log(log_c: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
