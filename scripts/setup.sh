@@ -84,6 +84,8 @@ if ! "$VPY" -c "import horovod.torch" 2>/dev/null; then
   "${PIP[@]}" --no-deps "$WHEELS"/horovod-*.whl
 fi
 
+# Tests syntax-check the CUDA build of csrc/ against the same headers.
+printf '%s\n' "$SRC" > "$VENV/horovod_headers.txt"
 HOROVOD_CUTOFF_GPU=$GPU HOROVOD_CUTOFF_HOROVOD_SRC="$SRC" \
   "${PIP[@]}" --no-build-isolation --no-deps -e "$ROOT" \
   || die "building the horovod_cutoff extension failed"
