@@ -60,3 +60,13 @@ def write_rank_result(outdir: str, rank: int, payload: dict) -> None:
 
 def percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def main(run, rank_side=None) -> None:
+    """A benchmark file run directly: its JSON (or, under horovodrun, its rank side)."""
+    if rank_side is not None and len(sys.argv) > 1 and sys.argv[1] == "--rank-side":
+        rank_side(sys.argv[2], json.loads(sys.argv[3]))
+        return
+    results = run(quick="--quick" in sys.argv)
+    for result in results if isinstance(results, list) else [results]:
+        print(json.dumps(result))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import horovodrun, machine, percentile, write_rank_result  # noqa: E402
+from _common import horovodrun, machine, main, percentile, write_rank_result  # noqa: E402
 
 ID = "P4"
 TARGET_MS = 2.0
@@ -68,9 +68,4 @@ def rank_side(outdir: str, params: dict) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--rank-side":
-        import json
-        rank_side(sys.argv[2], json.loads(sys.argv[3]))
-    else:
-        import json
-        print(json.dumps(run(quick="--quick" in sys.argv)))
+    main(run, rank_side)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine  # noqa: E402
+from _common import machine, main  # noqa: E402
 from _scenarios import scenario_table  # noqa: E402
 
 ID = "P5"
@@ -33,5 +33,4 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import json
-    print(json.dumps(run(quick="--quick" in sys.argv)))
+    main(run)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine  # noqa: E402
+from _common import machine, main  # noqa: E402
 from _scenarios import HINDSIGHT, best_online, scenario_table  # noqa: E402
 
 ID = "P6"
@@ -53,6 +53,4 @@ def run(quick: bool = False) -> list:
 
 
 if __name__ == "__main__":
-    import json
-    for r in run(quick="--quick" in sys.argv):
-        print(json.dumps(r))
+    main(run)

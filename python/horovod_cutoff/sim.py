@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .policies import POLICIES, make_policy
+from .policies.base import non_negative_seconds
 from .policies.oracle import backup_hindsight, oracle, static_hindsight
 
 # Parameters the online baselines run with when none are given (e.g. under --policy all).
@@ -39,8 +40,7 @@ def build_policy(name: str, overhead: float, **params: Any):
 def replay(times: np.ndarray, policy, overhead: float = 0.0, warmup: int = 0,
            carry_lag: bool = False, lag: int = 0, record: bool = False) -> Dict[str, Any]:
     """Replays ``times`` [T, N] under ``policy``; returns totals over rows >= warmup."""
-    if overhead < 0 or not math.isfinite(overhead):
-        raise ValueError(f"overhead must be a non-negative number of seconds, got {overhead}")
+    overhead = non_negative_seconds(overhead, "overhead")
     if warmup < 0 or warmup >= times.shape[0]:
         raise ValueError(f"warmup must lie in [0, {times.shape[0]}) steps, got {warmup}")
     if lag < 0:
@@ -118,8 +118,7 @@ def simulate(times: np.ndarray, policy_name: str, overhead: float = 0.0, warmup:
     """One policy's JSON object (DESIGN's keys), measured against the oracle."""
     if not 0 <= warmup < times.shape[0]:
         raise ValueError(f"warmup must lie in [0, {times.shape[0]}) steps, got {warmup}")
-    if overhead < 0 or not math.isfinite(overhead):
-        raise ValueError(f"overhead must be a non-negative number of seconds, got {overhead}")
+    overhead = non_negative_seconds(overhead, "overhead")
     measured = times[warmup:]
     best = oracle(measured, overhead)
     if policy_name in ("oracle", "static_hindsight", "backup_hindsight"):

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from .base import Policy, check_step
+from .base import Policy, check_step, non_negative_seconds
 from .lognormal import best_cutoff, impute_censored_log
 
 MIN_SD = 0.02  # log-space floor: a worker never looks perfectly predictable
@@ -24,12 +24,10 @@ class AdaptiveLogNormal(Policy):
     def __init__(self, alpha: float = 0.2, overhead: float = 0.0, warmup: int = 3):
         if not (0.0 < float(alpha) <= 1.0):
             raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
-        if not (float(overhead) >= 0 and math.isfinite(float(overhead))):
-            raise ValueError(f"overhead must be a non-negative number of seconds, got {overhead}")
         if int(warmup) < 1:
             raise ValueError(f"warmup must be at least 1 step, got {warmup}")
         self.alpha = float(alpha)
-        self.overhead = float(overhead)
+        self.overhead = non_negative_seconds(overhead, "overhead")
         self.warmup = int(warmup)
         self.mu: Optional[np.ndarray] = None
         self.var: Optional[np.ndarray] = None

@@ -77,3 +77,14 @@ def positive_seconds(value: float, argument: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{argument} must be a positive, finite number of seconds, got {value}")
     return value
+
+
+def non_negative_seconds(value: float, argument: str) -> float:
+    """A finite number of seconds >= 0, or ValueError naming ``argument``."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{argument} must be a number of seconds, got {value!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{argument} must be a non-negative number of seconds, got {value}")
+    return value

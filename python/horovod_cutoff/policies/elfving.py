@@ -13,7 +13,7 @@ from collections import deque
 import numpy as np
 from scipy import special
 
-from .base import Policy, check_step
+from .base import Policy, check_step, non_negative_seconds
 from .lognormal import inverse_mills
 
 
@@ -23,10 +23,8 @@ class Elfving(Policy):
     def __init__(self, window: int = 20, overhead: float = 0.0):
         if int(window) < 1:
             raise ValueError(f"window must be a positive number of steps, got {window}")
-        if not (float(overhead) >= 0 and math.isfinite(float(overhead))):
-            raise ValueError(f"overhead must be a non-negative number of seconds, got {overhead}")
         self.window: deque = deque(maxlen=int(window))
-        self.overhead = float(overhead)
+        self.overhead = non_negative_seconds(overhead, "overhead")
         self.workers = 0
         self._cutoff = math.inf
 
