@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Dict, List
 
 from horovod_cutoff.sim import simulate_all
@@ -16,6 +17,7 @@ def sizes(quick: bool) -> Dict[str, int]:
         {"workers": 64, "steps": 2000, "warmup": 100}
 
 
+@lru_cache(maxsize=4)  # SIM, P5 and P6 in one `bench` run share one table (read-only)
 def scenario_table(quick: bool, overhead: float = 0.02, seed: int = 0) -> List[dict]:
     """One row per scenario: {scenario, results: {policy: simulate JSON}}."""
     n = sizes(quick)

@@ -17,7 +17,7 @@ import time
 import horovod_cutoff.torch as hvd
 import numpy as np
 import torch
-from horovod_cutoff.traces import StragglerInjector
+from horovod_cutoff.traces import StragglerInjector, record
 
 
 def straggler_trace(steps: int, workers: int, seed: int) -> np.ndarray:
@@ -72,6 +72,8 @@ def train(args, cutoff, options, trace):
     if hasattr(optimizer, "cutoff_stats"):
         stats = optimizer.cutoff_stats()
         contributions = sum(s["contributors"] for s in stats)
+        if args.record and rank == 0:  # replayable with `horovod-cutoff simulate --trace ...`
+            record(args.record, stats)
         optimizer.close()
     else:
         contributions = args.steps * hvd.size()
@@ -88,6 +90,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--target-loss", type=float, default=0.7)
+    parser.add_argument("--record", help="write the cutoff run's per-step times (.npz)")
     parser.add_argument("--no-compare", action="store_true", help="skip the plain Horovod run")
     args = parser.parse_args()
 

@@ -101,3 +101,42 @@ def test_bench_discovers_and_runs_a_benchmark_by_id(tmp_path, monkeypatch):
     assert out["id"] == "X9" and out["value"] == 2.0 and "command" in out
     proc = cli("bench", "P99", "--json", check=False)
     assert proc.returncode == 2 and "P99" in proc.stderr
+
+
+def _recording(tmp_path):
+    from horovod_cutoff.traces import record
+
+    stats = [{"step": t, "cutoff": 0.25, "contributors": 2, "times": [0.2, 0.21, 0.25],
+              "censored": [False, False, True], "step_seconds": 0.26} for t in range(40)]
+    return record(tmp_path / "live.npz", stats)
+
+
+def test_simulate_warns_that_a_recordings_censored_times_are_lower_bounds(tmp_path):
+    proc = cli("simulate", "--trace", _recording(tmp_path), "--policy", "none", "--json")
+    assert "censored" in proc.stderr and json.loads(proc.stdout)["steps"] == 40
+
+
+def test_plot_draws_a_recordings_own_cutoffs(tmp_path, trace):
+    out = tmp_path / "live.png"
+    cli("plot", "trace", "--trace", _recording(tmp_path), "--policy", "recorded", "-o", out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    proc = cli("plot", "trace", "--trace", trace, "--policy", "recorded", "-o", out, check=False)
+    assert proc.returncode == 2 and "recording" in proc.stderr
+
+
+def test_bench_reports_machine_and_command_and_survives_a_broken_benchmark(tmp_path,
+                                                                            monkeypatch):
+    (tmp_path / "x1_ok.py").write_text(
+        "ID = 'X1'\n"
+        "def run(quick=False):\n"
+        "    return [{'id': 'X1', 'value': 1, 'unit': 'u', 'target': '<= 3', 'met': True},\n"
+        "            {'id': 'X1', 'value': 5, 'unit': 'u', 'target': '<= 3', 'met': False}]\n")
+    (tmp_path / "x2_broken.py").write_text("import no_such_module_here\n")
+    monkeypatch.setenv("HOROVOD_CUTOFF_BENCHMARKS", str(tmp_path))
+    proc = cli("bench", "--json", check=False)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["id"], r["met"]) for r in lines] == [("X1", True), ("X1", False), ("X2", False)]
+    assert "no_such_module_here" in lines[2]["error"] and proc.returncode == 1
+    for r in lines:
+        assert {"id", "value", "unit", "target", "met", "device", "command", "machine"} <= set(r)
+        assert r["machine"]["cores"] >= 1 and r["command"].startswith("horovod-cutoff bench")

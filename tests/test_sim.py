@@ -169,3 +169,67 @@ def test_oracle_never_yields_zero_and_bounds_every_policy():
     for r in simulate_all(times, overhead=0.05):
         assert r["gradients_per_second"] <= best.rate * (1 + 1e-9)
     assert math.isfinite(best.rate)
+
+
+@pytest.mark.parametrize("policy", [NoCutoff(), StaticCutoff(seconds=0.05),
+                                    StaticCutoff(seconds=0.3)])
+@pytest.mark.parametrize("warmup", [0, 7])
+def test_vectorised_replay_of_a_fixed_cutoff_equals_the_step_loop(policy, warmup):
+    rng = np.random.default_rng(0)
+    times = rng.lognormal(np.log(0.2), 0.5, (300, 8))
+    times[rng.random(times.shape) < 0.1] = np.nan
+    times[np.isnan(times).all(axis=1), 0] = 0.3
+    fast = replay(times, policy, 0.03, warmup=warmup)
+    loop = replay(times, policy, 0.03, warmup=warmup, record=True)  # recording forces the loop
+    for key in ("gradients", "seconds", "steps", "zero_steps", "mean_contributors"):
+        assert fast[key] == pytest.approx(loop[key], rel=1e-12), key
+    if isinstance(policy, StaticCutoff) and policy.seconds < 0.1:
+        assert fast["zero_steps"] > 0  # the case the doubling rule exists for is exercised
+
+
+class Spy(Counter):
+    """Records what it was shown."""
+
+    def __init__(self, cutoff):
+        super().__init__()
+        self.c, self.shown = cutoff, []
+
+    def observe(self, times, censored):
+        self.shown.append((np.array(times), np.array(censored)))
+
+    def cutoff(self):
+        return self.c
+
+
+def test_policy_sees_contributors_times_and_the_cutoff_for_cut_workers():
+    times = np.array([[0.1, 0.5, np.nan], [0.9, 0.8, 0.7]])
+    spy = Spy(0.3)
+    r = replay(times, spy, overhead=0.1)
+    t0, c0 = spy.shown[0]
+    np.testing.assert_array_equal(t0, [0.1, 0.3, np.nan])
+    assert c0.tolist() == [False, True, False]  # absent is neither done nor cut
+    # Row 1: nobody makes 0.3, so the row is replayed under 0.6 (nobody), then 1.2 (all).
+    t1, c1 = spy.shown[1]
+    np.testing.assert_array_equal(t1, [0.3, 0.3, 0.3])
+    assert c1.all()
+    np.testing.assert_array_equal(spy.shown[2][0], [0.6, 0.6, 0.6])
+    np.testing.assert_array_equal(spy.shown[3][0], [0.9, 0.8, 0.7])
+    assert not spy.shown[3][1].any() and len(spy.shown) == 4
+    assert r["gradients"] == 1 + 3 and r["zero_steps"] == 2
+    assert r["seconds"] == pytest.approx((0.3 + 0.1) + (0.3 + 0.1) + (0.6 + 0.1) + (0.9 + 0.1))
+
+
+def test_fixed_cutoff_cost_of_inf_waits_for_everyone():
+    g, s, e = fixed_cutoff_cost(SMALL, np.array([np.inf, 100.0]), 0.5)
+    assert g.tolist() == [12, 12] and e.tolist() == [4, 4]
+    assert s[0] == pytest.approx((4.0 + 3.0 + 5.0 + 2.0) + 4 * 0.5) and s[1] == s[0]
+
+
+def test_quorum_ends_the_step_at_the_kth_arrival_and_counts_ties():
+    class Quorum(Counter):
+        def quorum(self):
+            return 2
+
+    times = np.array([[3.0, 1.0, 2.0, 2.0, 9.0]])
+    r = replay(times, Quorum(), overhead=0.25)
+    assert r["gradients"] == 3 and r["seconds"] == pytest.approx(2.0 + 0.25)

@@ -49,7 +49,11 @@ def cmd_simulate(args) -> int:
     from .sim import simulate, simulate_all
     from .traces import load_trace
 
-    times = load_trace(args.trace)
+    times, censored = load_trace(args.trace, with_censoring=True)
+    if censored.any():
+        # A recorded trace knows a cut worker's time only as "beyond the cutoff".
+        print(f"horovod-cutoff: warning: {args.trace}: {censored.mean():.1%} of times are "
+              "censored (lower bounds); the replay takes them as exact", file=sys.stderr)
     if args.model is not None:
         if args.policy != "predictive":
             raise CommandError("--model only applies to --policy predictive")
@@ -67,7 +71,8 @@ def cmd_simulate(args) -> int:
     else:
         print(f"{'policy':<18} {'grads/s':>10} {'/oracle':>8} {'contrib':>8} {'step s':>8}")
         for r in results:
-            print(f"{r['policy']:<18} {r['gradients_per_second']:10.2f} {r['ratio_to_oracle']:8.4f} "
+            print(f"{r['policy']:<18} {r['gradients_per_second']:10.2f} "
+                  f"{r['ratio_to_oracle']:8.4f} "
                   f"{r['mean_contributors']:8.2f} {r['mean_step_seconds']:8.4f}")
     return 0
 
@@ -92,18 +97,40 @@ def cmd_plot(args) -> int:
         results = simulate_all(times, args.overhead, args.warmup)
         path = plots.plot_policies(args.output, results, title=Path(args.trace).name)
     else:
-        policy = build_policy(args.policy, args.overhead, **_parse_params(args.param))
-        trail = replay(times, policy, args.overhead, record=True)["trail"]
-        # The cutoff each row finally ran under (a replayed row keeps its last try).
-        cutoffs = np.full(times.shape[0], np.nan)
-        cutoffs[trail[:, 0].astype(int)] = trail[:, 1]
+        censored = None
+        if args.policy == "recorded":
+            cutoffs, censored = _recorded(args.trace, times)
+        else:
+            policy = build_policy(args.policy, args.overhead, **_parse_params(args.param))
+            trail = replay(times, policy, args.overhead, record=True)["trail"]
+            # The cutoff each row finally ran under (a replayed row keeps its last try).
+            cutoffs = np.full(times.shape[0], np.nan)
+            cutoffs[trail[:, 0].astype(int)] = trail[:, 1]
         title = f"{Path(args.trace).name}: {args.policy}"
         if args.kind == "trace":
-            path = plots.plot_trace(args.output, times, cutoffs=cutoffs, title=title)
+            path = plots.plot_trace(args.output, times, cutoffs=cutoffs, censored=censored,
+                                    title=title)
         else:
             path = plots.plot_cutoffs(args.output, times, cutoffs, title=title)
     print(f"wrote {path}")
     return 0
+
+
+def _recorded(trace: str, times: np.ndarray) -> tuple:
+    """The cutoffs and censoring flags a live run recorded (traces.recorder writes them)."""
+    from .traces import load_trace
+
+    need = f"{trace}: --policy recorded needs a live recording (.npz with a 'cutoff' array)"
+    if Path(trace).suffix.lower() != ".npz":
+        raise CommandError(need)
+    with np.load(trace, allow_pickle=False) as data:
+        if "cutoff" not in data:
+            raise CommandError(need)
+        cutoffs = np.asarray(data["cutoff"], dtype=float)
+    if cutoffs.shape != (times.shape[0],):
+        raise CommandError(f"{trace}: 'cutoff' has shape {cutoffs.shape}, the trace has "
+                           f"{times.shape[0]} steps")
+    return cutoffs, load_trace(trace, with_censoring=True)[1]
 
 
 def benchmarks_dir() -> Path:
@@ -133,6 +160,20 @@ def _load(path: Path):
     return module
 
 
+def _machine() -> Dict[str, Any]:
+    """What the figures were measured on (no host names)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
 def cmd_bench(args) -> int:
     available = discover_benchmarks()
     wanted = [i.upper() for i in args.ids] or sorted(available)
@@ -140,18 +181,18 @@ def cmd_bench(args) -> int:
     if unknown:
         raise CommandError(f"unknown benchmark id(s) {unknown}; known: {sorted(available)}")
     command = " ".join(shlex.quote(a) for a in ["horovod-cutoff"] + sys.argv[1:])
+    machine = _machine()
     failed = 0
     for bench_id in wanted:
-        module = _load(available[bench_id])
         try:
-            results = module.run(quick=args.quick)
+            results = _load(available[bench_id]).run(quick=args.quick)
         except Exception as err:  # one broken benchmark must not hide the others
             results = {"id": bench_id, "value": None, "unit": None, "target": None,
                        "met": False, "error": f"{type(err).__name__}: {err}"}
             failed += 1
         for result in results if isinstance(results, list) else [results]:
-            result.setdefault("device", platform.machine())
-            result.update(command=command, quick=args.quick)
+            result.setdefault("device", machine["cpu"])
+            result.update(command=command, quick=args.quick, machine=machine)
             if args.json:
                 print(json.dumps(_json_safe(result)), flush=True)
             else:
@@ -193,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="write a PNG: trace heatmap, policy bars, or cutoffs")
     plot.add_argument("kind", choices=["trace", "policies", "cutoffs"])
     plot.add_argument("--trace", required=True)
-    plot.add_argument("--policy", default="adaptive", help="for trace/cutoffs: whose cutoffs")
+    plot.add_argument("--policy", default="adaptive",
+                      help="for trace/cutoffs: whose cutoffs; 'recorded' for a live recording's")
     plot.add_argument("--param", action="append", metavar="NAME=VALUE")
     plot.add_argument("--overhead", type=float, default=0.0)
     plot.add_argument("--warmup", type=int, default=0)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .policies import POLICIES, make_policy
 from .policies.base import non_negative_seconds
-from .policies.oracle import backup_hindsight, oracle, static_hindsight
+from .policies.oracle import backup_hindsight, fixed_cutoff_cost, oracle, static_hindsight
 
 # Parameters the online baselines run with when none are given (e.g. under --policy all).
 DEFAULT_PARAMS: Dict[str, Dict[str, Any]] = {"static": {"quantile": 0.9}, "backup": {"backup": 1}}
@@ -45,6 +45,9 @@ def replay(times: np.ndarray, policy, overhead: float = 0.0, warmup: int = 0,
         raise ValueError(f"warmup must lie in [0, {times.shape[0]}) steps, got {warmup}")
     if lag < 0:
         raise ValueError(f"lag must be >= 0 steps, got {lag}")
+    fixed = getattr(policy, "fixed_cutoff", None)
+    if fixed is not None and fixed() is not None and not (carry_lag or record):
+        return _replay_fixed(times, float(fixed()), overhead, warmup)
     quorum = getattr(policy, "quorum", None)
     T, N = times.shape
     decisions = [float(policy.cutoff())]  # decisions[e]: made after observing e executions
@@ -110,6 +113,21 @@ def replay(times: np.ndarray, policy, overhead: float = 0.0, warmup: int = 0,
     if record:
         result["trail"] = np.array(trail, dtype=float)  # row, cutoff, contributors, duration
     return result
+
+
+def _replay_fixed(times: np.ndarray, cutoff: float, overhead: float,
+                  warmup: int) -> Dict[str, Any]:
+    """The loop's result for a cutoff that never changes, computed for all rows at once."""
+    started = time.perf_counter()
+    g, s, e = fixed_cutoff_cost(times[warmup:], np.array([cutoff]), overhead)
+    gradients, seconds, executions = float(g[0]), float(s[0]), int(e[0])
+    return {
+        "gradients": gradients, "seconds": seconds, "steps": executions,
+        "zero_steps": executions - (times.shape[0] - warmup),
+        "gradients_per_second": gradients / seconds if seconds > 0 else 0.0,
+        "mean_contributors": gradients / executions, "mean_step_seconds": seconds / executions,
+        "replay_seconds": time.perf_counter() - started,
+    }
 
 
 def simulate(times: np.ndarray, policy_name: str, overhead: float = 0.0, warmup: int = 0,

@@ -35,7 +35,8 @@ def make_policy(spec: Any, **params: Any) -> CutoffPolicy:
     """
     if isinstance(spec, str):
         if spec not in POLICIES:
-            raise ValueError(f"cutoff must be one of {sorted(POLICIES)} or a policy object, got {spec!r}")
+            raise ValueError(
+                f"cutoff must be one of {sorted(POLICIES)} or a policy object, got {spec!r}")
         try:
             return POLICIES[spec](**params)
         except TypeError as err:  # an unexpected keyword: say which policy rejected it
@@ -44,7 +45,8 @@ def make_policy(spec: Any, **params: Any) -> CutoffPolicy:
         raise ValueError("cutoff parameters are only accepted with a policy name, not an object")
     if not isinstance(spec, CutoffPolicy):
         raise ValueError(
-            f"cutoff must be a policy name or an object with observe(times, censored) and cutoff(), "
+            "cutoff must be a policy name or an object with observe(times, censored) and "
+            f"cutoff(), "
             f"got {type(spec).__name__}"
         )
     return spec

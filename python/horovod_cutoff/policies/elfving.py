@@ -1,8 +1,13 @@
 """The paper's i.i.d. baseline: one Normal fitted to a window of recent times, expected order
 statistics by Elfving's approximation, and the k that maximises k / (E[x_(k)] + o).
 
-The cutoff is E[x_(k*)] (a step can only end at a time live). Cut workers' times enter the
-fit as their expected value beyond the cutoff under the current fit, not as the cutoff.
+``mu + sigma * PhiInv((k - pi/8) / (N - pi/4 + 1))`` uses scipy.special.ndtri, the function
+behind scipy.stats.norm.ppf without its per-call overhead. The overhead ``o`` is a
+constructor argument, 0 by default (the paper's k / E[x_(k)]); the simulator passes its
+``--overhead``. The cutoff is E[x_(k*)] (a step can only end at a time live). Cut workers'
+times enter the fit as their expected value beyond the cutoff under the current fit
+(E[x | x > c]), not as the cutoff, which would bias the fit towards short times. A step
+nobody made sets the cutoff to twice the last one.
 """
 
 from __future__ import annotations

@@ -69,15 +69,18 @@ def backup_hindsight(times: np.ndarray, overhead: float) -> Yardstick:
 def fixed_cutoff_cost(times: np.ndarray, cutoffs: np.ndarray, overhead: float) -> tuple:
     """Gradients, seconds and step executions of replaying the trace under each fixed cutoff,
     with the simulator's rule for a step nobody makes (it costs c + o, is replayed, and the
-    replay's cutoff doubles until someone makes it). Shapes: times [T, N], cutoffs [M]."""
+    replay's cutoff doubles until someone makes it). Shapes: times [T, N], cutoffs [M];
+    a cutoff of inf waits for every worker."""
     xs, present = _sorted_rows(times)
     fastest = xs[:, 0][:, None]
     slowest = np.nanmax(times, axis=1)[:, None]
     c = np.asarray(cutoffs, dtype=float)[None, :]
+    finite = np.isfinite(c)
+    safe = np.where(finite, c, 1.0)  # inf * 0 would be NaN below; inf never needs a retry
     # Doublings needed before the fastest worker makes it: 2^j c >= fastest.
-    j = np.maximum(np.ceil(np.log2(fastest / c) - 1e-12), 0.0)
-    final = c * 2.0**j
-    wasted = c * (2.0**j - 1.0) + j * overhead  # the failed tries: c + 2c + ... + o each
+    j = np.where(finite, np.maximum(np.ceil(np.log2(fastest / safe) - 1e-12), 0.0), 0.0)
+    final = np.where(finite, safe * 2.0**j, np.inf)
+    wasted = safe * (2.0**j - 1.0) + j * overhead  # the failed tries: c + 2c + ... + o each
     seconds = (wasted + np.minimum(final, slowest) + overhead).sum(axis=0)
     gradients = np.zeros(c.shape[1])
     for m in range(c.shape[1]):  # counting per cutoff keeps memory at [T, N]

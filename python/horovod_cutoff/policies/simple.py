@@ -26,6 +26,10 @@ class NoCutoff(Policy):
     def cutoff(self) -> float:
         return math.inf
 
+    def fixed_cutoff(self) -> float:
+        """The cutoff never changes: the simulator may replay the whole trace at once."""
+        return math.inf
+
 
 class StaticCutoff(Policy):
     """A fixed cutoff in seconds, or a fixed quantile of the last ``window`` steps' times.
@@ -70,6 +74,10 @@ class StaticCutoff(Policy):
     def cutoff(self) -> float:
         return self._cutoff
 
+    def fixed_cutoff(self) -> Optional[float]:
+        """The cutoff in seconds mode (it never changes); None when it follows a quantile."""
+        return self.seconds
+
     def config(self) -> dict:
         return {"policy": self.name, "seconds": self.seconds, "quantile": self.quantile,
                 "window": self.window.maxlen}
@@ -87,7 +95,8 @@ class BackupWorkers(Policy):
 
     def __init__(self, backup: int = 1, window: int = 20):
         if isinstance(backup, bool) or not isinstance(backup, (int, np.integer)) or backup < 0:
-            raise ValueError(f"backup must be a non-negative integer number of workers, got {backup!r}")
+            raise ValueError(
+                f"backup must be a non-negative integer number of workers, got {backup!r}")
         if int(window) < 1:
             raise ValueError(f"window must be a positive number of steps, got {window}")
         self.backup = int(backup)

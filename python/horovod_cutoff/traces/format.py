@@ -55,7 +55,8 @@ def load_trace(path: PathLike, with_censoring: bool = False):
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 if "times" not in data:
-                    raise TraceError(f"{path}: npz trace has no 'times' array (keys: {sorted(data)})")
+                    raise TraceError(
+                        f"{path}: npz trace has no 'times' array (keys: {sorted(data)})")
                 raw = data["times"]
                 if "censored" in data:
                     censored = np.asarray(data["censored"], dtype=bool)

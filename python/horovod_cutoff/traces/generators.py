@@ -14,10 +14,18 @@ from .format import validate
 
 BASE = 0.2     # median step time of a healthy worker, seconds
 JITTER = 0.12  # log-normal sigma of step-to-step noise
+MAX_STALL = 50.0  # cap on a Pareto stall's slowdown: alpha 1.5 alone can draw hour-long steps
 
 
 def _base(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
     return rng.lognormal(np.log(BASE), JITTER, size=(steps, workers))
+
+
+def _stalls(times: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Multiply a fraction ``rate`` of cells by a capped Pareto (alpha 1.5) slowdown."""
+    stall = rng.random(times.shape) < rate
+    factor = np.minimum(1.0 + rng.pareto(1.5, times.shape) * 2.0, MAX_STALL)
+    return np.where(stall, times * factor, times)
 
 
 def _markov(steps: int, chains: int, p_enter: float, p_leave: float,
@@ -38,10 +46,8 @@ def iid(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def heavy_tail(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
-    """Log-normal body; 3% of worker-steps are Pareto-tailed (alpha 1.5) stalls."""
-    times = _base(workers, steps, rng)
-    stall = rng.random(times.shape) < 0.03
-    return np.where(stall, times * (1.0 + rng.pareto(1.5, times.shape) * 2.0), times)
+    """Log-normal body; 3% of worker-steps are Pareto-tailed (alpha 1.5, capped 50x) stalls."""
+    return _stalls(_base(workers, steps, rng), 0.03, rng)
 
 
 def slow_nodes(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
@@ -71,10 +77,10 @@ def rack(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def periodic(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
-    """Each node pauses (+0.3-0.6 s, like garbage collection) every 10-20 steps at its own phase."""
+    """Every node pauses (+0.3-0.6 s, like GC) once per P=10-20 steps, each at its own phase."""
     times = _base(workers, steps, rng)
-    period = rng.integers(10, 21, size=workers)
-    phase = rng.integers(0, 20, size=workers)
+    period = int(rng.integers(10, 21))  # one P for the job: same code, same allocation rhythm
+    phase = rng.integers(0, period, size=workers)
     t = np.arange(steps)[:, None]
     pause = ((t + phase) % period) == 0
     return times + pause * rng.uniform(0.3, 0.6, size=workers)
@@ -109,8 +115,7 @@ def mixture(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
     times = markov(workers, steps, rng)
     slow = rng.choice(workers, size=max(1, workers // 10), replace=False)
     times[:, slow] *= rng.uniform(1.5, 2.5, size=slow.size)
-    stall = rng.random(times.shape) < 0.02
-    return np.where(stall, times * (1.0 + rng.pareto(1.5, times.shape) * 2.0), times)
+    return _stalls(times, 0.02, rng)
 
 
 SCENARIOS: Dict[str, Callable[[int, int, np.random.Generator], np.ndarray]] = {
