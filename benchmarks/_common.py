@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -23,15 +22,9 @@ def machine() -> str:
             return f"cuda: {torch.cuda.get_device_name(0)}"
     except ImportError:
         pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {cpu}, {os.cpu_count()} cores"
+    from horovod_cutoff.cli import cpu_model
+
+    return f"cpu: {cpu_model()}, {os.cpu_count()} cores"
 
 
 def horovodrun(np_: int, script: Path, params: Dict[str, Any], timeout: float = 900) -> List[dict]:

@@ -160,17 +160,20 @@ def _load(path: Path):
     return module
 
 
-def _machine() -> Dict[str, Any]:
-    """What the figures were measured on (no host names)."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The processor's model name (benchmarks report it with their figures)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+    return platform.processor() or platform.machine()
+
+
+def _machine() -> Dict[str, Any]:
+    """What the figures were measured on (no host names)."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__}
 
 
