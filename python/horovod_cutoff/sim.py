@@ -161,12 +161,7 @@ def simulate(times: np.ndarray, policy_name: str, overhead: float = 0.0, warmup:
             "overhead": overhead, "warmup": warmup, "carry_lag": carry_lag, "lag": lag}
 
 
-def online_policies() -> List[str]:
-    """Every registered policy, in registry order."""
-    return list(POLICIES)
-
-
 def simulate_all(times: np.ndarray, overhead: float = 0.0, warmup: int = 0,
                  carry_lag: bool = False, lag: int = 0) -> List[Dict[str, Any]]:
-    names = online_policies() + ["static_hindsight", "backup_hindsight", "oracle"]
+    names = list(POLICIES) + ["static_hindsight", "backup_hindsight", "oracle"]
     return [simulate(times, n, overhead, warmup, carry_lag, lag) for n in names]

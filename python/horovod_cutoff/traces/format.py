@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -116,6 +116,3 @@ def save_trace(path: PathLike, times: np.ndarray, censored: Optional[np.ndarray]
         raise TraceError(f"{path}: unknown trace format {suffix!r} (use .npy, .npz or .csv)")
     return path
 
-
-def shape_of(times: np.ndarray) -> Tuple[int, int]:
-    return int(times.shape[0]), int(times.shape[1])
