@@ -3,10 +3,14 @@
 // their references are taken and dropped while the GIL is held.
 #include <torch/extension.h>
 
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
 #include "engine.h"
 
 namespace py = pybind11;
 using hvdcut::Engine;
+using hvdcut::StepResult;
 
 namespace {
 at::ScalarType parse_dtype(const std::string& name) {
@@ -15,18 +19,12 @@ at::ScalarType parse_dtype(const std::string& name) {
   throw std::invalid_argument("fused buffer dtype must be float32 or float64, got " + name);
 }
 
-py::dict to_dict(const hvdcut::StepResult& r) {
-  py::dict d;
-  d["step"] = r.step;
-  d["count"] = static_cast<int64_t>(r.count);
-  d["cutoff"] = r.cutoff;
-  d["next_cutoff"] = r.next_cutoff;
-  d["seconds"] = r.seconds;
-  d["submitted_at"] = r.submitted_at;
-  d["times"] = r.times;
-  d["censored"] = std::vector<bool>(r.censored.begin(), r.censored.end());
-  d["fingerprints"] = r.fingerprints;
-  return d;
+template <typename T, typename U = T>
+py::array_t<T> to_array(const std::vector<U>& v) {
+  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+  auto w = out.template mutable_unchecked<1>();
+  for (size_t i = 0; i < v.size(); ++i) w(static_cast<py::ssize_t>(i)) = static_cast<T>(v[i]);
+  return out;
 }
 }  // namespace
 
@@ -42,20 +40,56 @@ PYBIND11_MODULE(_C, m) {
       .value("CUT", hvdcut::Outcome::kCut)
       .value("LATE", hvdcut::Outcome::kLate);
 
+  py::class_<StepResult>(m, "StepResult", "What one completed reduction told every rank.")
+      .def_readonly("step", &StepResult::step)
+      .def_readonly("count", &StepResult::count, "ranks whose gradients are in the average")
+      .def_readonly("cutoff", &StepResult::cutoff, "seconds; inf: the step waited for all")
+      .def_readonly("next_cutoff", &StepResult::next_cutoff)
+      .def_readonly("cutoff_basis", &StepResult::cutoff_basis,
+                    "the last step the policy had observed when it chose next_cutoff")
+      .def_readonly("seconds", &StepResult::seconds)
+      .def_readonly("submitted_at", &StepResult::submitted_at)
+      .def_readonly("contributed", &StepResult::contributed)
+      .def_readonly("paused", &StepResult::paused)
+      .def_property_readonly("times", [](const StepResult& r) { return to_array<double>(r.times); })
+      .def_property_readonly("censored",
+                             [](const StepResult& r) { return to_array<bool>(r.censored); })
+      .def_property_readonly("fingerprints",
+                             [](const StepResult& r) { return to_array<int64_t>(r.fingerprints); })
+      .def_property_readonly("behind",
+                             [](const StepResult& r) { return to_array<int64_t>(r.behind); })
+      .def("__repr__", [](const StepResult& r) {
+        return "StepResult(step=" + std::to_string(r.step) + ", count=" + std::to_string(r.count) +
+               ", cutoff=" + std::to_string(r.cutoff) + ")";
+      });
+
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const std::string& name, int rank, int world, int64_t grad_numel,
                        const std::string& dtype, int device, int64_t fingerprint,
-                       double first_cutoff) {
-             return std::make_unique<Engine>(name, rank, world, grad_numel, parse_dtype(dtype),
-                                             device, fingerprint, first_cutoff);
+                       double first_cutoff, int coordinator, int max_lag, int watchdog_steps) {
+             hvdcut::EngineConfig c;
+             c.name = name;
+             c.rank = rank;
+             c.world = world;
+             c.grad_numel = grad_numel;
+             c.dtype = parse_dtype(dtype);
+             c.device = device;
+             c.fingerprint = fingerprint;
+             c.first_cutoff = first_cutoff;
+             c.coordinator = coordinator;
+             c.max_lag = max_lag;
+             c.watchdog_steps = watchdog_steps;
+             return std::make_unique<Engine>(c);
            }),
            py::arg("name"), py::arg("rank"), py::arg("world"), py::arg("grad_numel"),
-           py::arg("dtype"), py::arg("device"), py::arg("fingerprint"), py::arg("first_cutoff"))
+           py::arg("dtype"), py::arg("device"), py::arg("fingerprint"), py::arg("first_cutoff"),
+           py::arg("coordinator") = 0, py::arg("max_lag") = 2, py::arg("watchdog_steps") = 100)
       .def("contribute",
            [](Engine& e, int64_t step, const std::vector<at::Tensor>& grads) {
              py::gil_scoped_release nogil;
              return e.contribute(step, grads);
            })
+      .def("withdraw", &Engine::withdraw, py::call_guard<py::gil_scoped_release>())
       .def("is_cut", &Engine::is_cut)
       .def("wait",
            [](const Engine& e, int64_t step, double timeout_s) {
@@ -64,17 +98,15 @@ PYBIND11_MODULE(_C, m) {
            })
       .def("take",
            [](Engine& e, int64_t step, std::vector<at::Tensor> grads) {
-             hvdcut::StepResult r;
-             {
-               py::gil_scoped_release nogil;
-               r = e.take(step, grads);
-             }
-             return to_dict(r);
+             py::gil_scoped_release nogil;
+             return e.take(step, grads);
            })
-      .def("set_next_cutoff", &Engine::set_next_cutoff)
+      .def("set_next_cutoff", &Engine::set_next_cutoff, py::arg("seconds"), py::arg("basis"))
+      .def("next_observations", &Engine::next_observations, py::arg("timeout_s"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("dropped_observations", &Engine::dropped_observations)
+      .def("pause", &Engine::pause)
+      .def("resume", &Engine::resume)
       .def("open_step", &Engine::open_step)
-      .def("close", [](Engine& e) {
-        py::gil_scoped_release nogil;
-        e.close();
-      });
+      .def("close", &Engine::close, py::call_guard<py::gil_scoped_release>());
 }

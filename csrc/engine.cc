@@ -4,8 +4,12 @@
 //   timer thread (zeros at the deadline);
 // - step t+1 opens when reduction t completes (Horovod's callback time is the clock origin),
 //   so at most one reduction of this engine is in flight and its name can stay constant;
-// - Horovod is never called with our mutex held, and its callback only queues and notifies
-//   (it runs on Horovod's background thread and must neither block nor throw).
+// - memory is fixed at construction: max_lag + 1 output buffers (one in flight, the rest
+//   holding results a lagging Python thread has not applied yet) plus one zero buffer. A
+//   rank holding max_lag results is no longer cut: the others wait for it (bounded lag);
+// - Horovod is never called with our mutex held; its callback only queues and notifies, and
+//   no exception leaves the timer thread or the callback (either would end the process or
+//   stop Horovod's background thread): errors are stored and raised in the Python thread.
 #include "engine.h"
 
 #include <torch/extension.h>
@@ -14,19 +18,24 @@
 #include <sched.h>
 
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 
 #include "horovod/common/common.h"
 #include "horovod/common/operations.h"
 #include "horovod/torch/adapter_v2.h"
+#include "layout.h"
 #include "pack.h"
 #ifdef HOROVOD_CUTOFF_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include "horovod/torch/ready_event.h"
-#include "pack_cuda.h"
+#include <cuda_runtime.h>
 #endif
 
 #undef LOG  // torch and Horovod both define it
@@ -38,16 +47,60 @@ namespace ht = horovod::torch;
 
 namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// Cutoffs beyond this many seconds (about 11.6 days) mean "wait for all": a larger one would
+// overflow the clock's nanosecond count, and no step waits that long on purpose.
+constexpr double kMaxCutoff = 1e6;
+constexpr size_t kMaxObservations = 256;
+constexpr double kCloseGraceSeconds = 5.0;
+
+double effective(double cutoff) { return cutoff > kMaxCutoff ? kInf : cutoff; }
 
 Clock::time_point deadline_of(Clock::time_point start, double cutoff) {
-  if (!std::isfinite(cutoff)) return Clock::time_point::max();
+  if (!(cutoff <= kMaxCutoff)) return Clock::time_point::max();
   return start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cutoff));
 }
 
 double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
+
+#ifdef HOROVOD_CUTOFF_WITH_CUDA
+// A CUDA event Horovod waits for before it touches a buffer (an unpack still reading it, a
+// header copy still writing it). Owns the event.
+class CudaReady : public hc::ReadyEvent {
+ public:
+  static std::shared_ptr<CudaReady> record(cudaStream_t stream) {
+    cudaEvent_t event = nullptr;
+    if (cudaEventCreateWithFlags(&event, cudaEventDisableTiming) != cudaSuccess) {
+      throw std::runtime_error("horovod_cutoff: cudaEventCreate failed");
+    }
+    if (cudaEventRecord(event, stream) != cudaSuccess) {
+      cudaEventDestroy(event);
+      throw std::runtime_error("horovod_cutoff: cudaEventRecord failed");
+    }
+    return std::make_shared<CudaReady>(event);
+  }
+  explicit CudaReady(cudaEvent_t event) : event_(event) {}
+  ~CudaReady() override { cudaEventDestroy(event_); }
+  // An error also counts as ready: the op then reports it instead of waiting forever.
+  bool Ready() const override { return cudaEventQuery(event_) != cudaErrorNotReady; }
+  gpuEvent_t event() const override { return event_; }
+
+ private:
+  cudaEvent_t event_;
+};
+#endif
 }  // namespace
+
+// One fused buffer (gradients + header) and the host staging of its header.
+struct Buffer {
+  at::Tensor data;
+  at::Tensor header;  // host, the buffer's dtype (pinned on CUDA)
+#ifdef HOROVOD_CUTOFF_WITH_CUDA
+  std::shared_ptr<hc::ReadyEvent> last_use;  // device work that still reads or writes `data`
+#endif
+};
+using BufferPtr = std::shared_ptr<Buffer>;
 
 struct Completion {
   int64_t step;
@@ -58,86 +111,147 @@ struct Completion {
 
 struct Stored {
   StepResult result;
-  at::Tensor output;  // undefined when count == 0 (nothing to apply, buffer recycled)
+  BufferPtr output;  // null when count == 0 (nothing to apply, buffer recycled)
 };
 
 struct EngineState {
-  // Fixed at construction.
-  std::string name;
-  int rank;
-  int world;
+  EngineConfig config;
   Layout layout;
   at::TensorOptions options;
-  int device;
-  int64_t fingerprint;
 
   // C++-owned buffers (never seen by Python: no GIL on their last release).
-  at::Tensor send;  // packed gradients + header
-  at::Tensor zeros; // a cut rank's contribution: zeros + header
-  std::vector<at::Tensor> free_outputs;
-  at::Tensor in_flight_output;
-  double submitted_at = 0;  // seconds from step start to this rank's submission (P4 measures it)
+  BufferPtr zeros;
+  std::vector<BufferPtr> free_outputs;
+  BufferPtr in_flight;
+  double submitted_at = 0;
+#ifdef HOROVOD_CUTOFF_WITH_CUDA
+  c10::optional<c10::cuda::CUDAStream> side_stream;  // header copies: never the compute stream
+  std::shared_ptr<hc::ReadyEvent> pending_pack;      // packed gradients not yet ready
+  BufferPtr pending_buffer;
+  double pending_time = 0;
+#endif
 
   mutable std::mutex mu;
-  std::condition_variable timer_cv;     // wakes the timer thread
-  mutable std::condition_variable done_cv;  // wakes waiters on results
+  std::condition_variable timer_cv;          // wakes the timer thread
+  mutable std::condition_variable done_cv;   // wakes waiters on results and observations
   bool stop = false;
+  bool closing = false;
+  Clock::time_point close_by;
   std::string error;
 
   int64_t open = 0;                 // the step now collecting contributions
   Clock::time_point start;          // its clock origin
-  double cutoff = kInf;             // its cutoff
+  double cutoff = kInf;             // its cutoff, the same on every rank
+  double policy_cutoff = kInf;      // the coordinator's last delivered value
+  int64_t policy_basis = -1;
   Clock::time_point deadline = Clock::time_point::max();
   bool submitted = false;           // this rank's contribution for `open` is claimed
-  bool python_claimed = false;      // ... by the Python thread with gradients
-  double next_cutoff = std::numeric_limits<double>::quiet_NaN();  // coordinator's pending value
+  bool with_gradients = false;      // ... and carries gradients
+  bool hold = false;                // no cut for `open`: paused, or at the lag bound
+  bool paused = false;              // inside opt.paused()
+  bool touched_by_pause = false;    // `open` was open while paused
+  int64_t python_next = 0;          // the step the Python thread offers next
+  double carried = std::numeric_limits<double>::quiet_NaN();  // coordinator's pending cutoff
+  int64_t carried_basis = -1;
 
   std::deque<Completion> completions;
   std::map<int64_t, Stored> results;
+  std::deque<StepResult> observations;  // coordinator: for the cutoff service
+  int64_t dropped = 0;
 
-#ifdef HOROVOD_CUTOFF_WITH_CUDA
-  void* pending_event = nullptr;    // GPU: packed gradients not yet ready on the device
-#endif
-
-  at::Tensor take_output() {
-    if (!free_outputs.empty()) {
-      at::Tensor out = free_outputs.back();
-      free_outputs.pop_back();
-      return out;
-    }
-    return at::empty({layout.total()}, options);
+  BufferPtr new_buffer(bool zero) {
+    auto b = std::make_shared<Buffer>();
+    b->data = zero ? at::zeros({layout.total()}, options) : at::empty({layout.total()}, options);
+    auto host = at::TensorOptions().dtype(options.dtype()).device(at::kCPU);
+    b->header = at::empty({layout.header_numel()}, host.pinned_memory(options.device().is_cuda()));
+    return b;
   }
 
-  // Writes this rank's header slots; every other header slot must be zero.
-  void write_header(at::Tensor& buffer, double weight, double time, bool cut, double carried) {
-    std::vector<double> header(layout.header_numel(), 0.0);
-    const int64_t base = layout.grad_numel;
-    header[layout.count() - base] = weight;
-    header[layout.next_cutoff() - base] = rank == 0 ? carried : 0.0;
-    header[layout.time(rank) - base] = time;
-    header[layout.censored(rank) - base] = cut ? 1.0 : 0.0;
-    header[layout.fingerprint(rank) - base] = static_cast<double>(fingerprint);
-    auto cpu = at::tensor(header, at::TensorOptions().dtype(at::kDouble)).to(options.dtype());
-    buffer.narrow(0, base, layout.header_numel()).copy_(cpu);
+  BufferPtr take_free() {
+    if (free_outputs.empty()) return nullptr;
+    BufferPtr b = free_outputs.back();
+    free_outputs.pop_back();
+    return b;
+  }
+
+  // Fills this rank's header slots into `b` (all others zero). Device copies go on the side
+  // stream; Horovod waits for them through `ready`.
+  void write_header(Buffer& b, double weight, double time, bool cut, bool closed,
+                    double next, int64_t basis, int64_t step, hc::ReadyEventList& ready) {
+    const Layout& L = layout;
+    const int64_t base = L.grad_numel;
+    std::vector<double> h(L.header_numel(), 0.0);
+    h[L.count() - base] = weight;
+    if (config.rank == config.coordinator) {
+      h[L.next_cutoff() - base] = next;
+      h[L.cutoff_age() - base] = static_cast<double>(step - basis);
+    }
+    h[L.paused() - base] = touched_by_pause ? 1.0 : 0.0;
+    h[L.time(config.rank) - base] = time;
+    // 2 marks a rank that closed its optimizer: the others stop with a clear error.
+    h[L.censored(config.rank) - base] = closed ? 2.0 : (cut ? 1.0 : 0.0);
+    h[L.fingerprint(config.rank) - base] = static_cast<double>(config.fingerprint);
+    h[L.behind(config.rank) - base] = static_cast<double>(std::max<int64_t>(open - python_next, 0));
+    b.header.copy_(at::from_blob(h.data(), {L.header_numel()}, at::kDouble));
+    auto slot = b.data.narrow(0, base, L.header_numel());
+#ifdef HOROVOD_CUTOFF_WITH_CUDA
+    if (b.data.is_cuda()) {
+      c10::cuda::CUDAStreamGuard guard(*side_stream);
+      slot.copy_(b.header, /*non_blocking=*/true);
+      ready.AddReadyEvent(CudaReady::record(side_stream->stream()));
+      if (b.last_use) ready.AddReadyEvent(b.last_use);
+      return;
+    }
+#endif
+    (void)ready;
+    slot.copy_(b.header);
+  }
+
+  std::vector<double> read_header(Buffer& b) {
+    auto slot = b.data.narrow(0, layout.grad_numel, layout.header_numel());
+#ifdef HOROVOD_CUTOFF_WITH_CUDA
+    if (b.data.is_cuda()) {
+      // Horovod calls back once the reduction finished on the device; the side stream holds
+      // no compute work, so this copy waits for nothing else.
+      c10::cuda::CUDAStreamGuard guard(*side_stream);
+      b.header.copy_(slot);
+      side_stream->synchronize();
+    } else {
+      b.header.copy_(slot);
+    }
+#else
+    b.header.copy_(slot);
+#endif
+    auto d = b.header.to(at::kDouble);
+    return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
   }
 };
 
 namespace {
 
-void submit(const std::shared_ptr<EngineState>& s, int64_t step, bool with_gradients,
-            double time, double carried) {
-  at::Tensor& input = with_gradients ? s->send : s->zeros;
-  s->write_header(input, with_gradients ? 1.0 : 0.0, time, !with_gradients, carried);
-  at::Tensor output;
+void store_error(EngineState& s, const std::string& message) {
+  if (s.error.empty()) s.error = message;
+  s.done_cv.notify_all();
+  s.timer_cv.notify_all();
+}
+
+// Submits `input` (reduced into `output`) as this rank's contribution to `step`. Called
+// without the lock; the caller has claimed the step.
+void submit(const std::shared_ptr<EngineState>& s, int64_t step, BufferPtr input,
+            BufferPtr output, bool with_gradients, double time, bool closed = false) {
+  hc::ReadyEventList ready;
   {
     std::lock_guard<std::mutex> lock(s->mu);
-    output = s->take_output();
-    s->in_flight_output = output;
+    s->write_header(*input, with_gradients ? 1.0 : 0.0, time, !with_gradients, closed,
+                    s->carried, s->carried_basis, step, ready);
+    s->in_flight = output;
     s->submitted_at = seconds_between(s->start, Clock::now());
   }
-  auto context = std::make_shared<ht::TorchOpContext>(s->device < 0 ? CPU_DEVICE_ID : s->device,
-                                                      output);
-  hc::ReadyEventList ready;
+#ifdef HOROVOD_CUTOFF_WITH_CUDA
+  if (output != input && output->last_use) ready.AddReadyEvent(output->last_use);
+#endif
+  const int device = s->config.device < 0 ? CPU_DEVICE_ID : s->config.device;
+  auto context = std::make_shared<ht::TorchOpContext>(device, output->data);
   std::weak_ptr<EngineState> weak = s;
   auto callback = [weak, step](const hc::Status& status) {
     try {
@@ -152,63 +266,107 @@ void submit(const std::shared_ptr<EngineState>& s, int64_t step, bool with_gradi
     }
   };
   hc::Status status = hc::EnqueueTensorAllreduce(
-      context, std::make_shared<ht::TorchTensor>(input), std::make_shared<ht::TorchTensor>(output),
-      ready, "allreduce.hvdcut." + s->name, s->device < 0 ? CPU_DEVICE_ID : s->device, callback,
-      hc::ReduceOp::SUM);
+      context, std::make_shared<ht::TorchTensor>(input->data),
+      std::make_shared<ht::TorchTensor>(output->data), ready,
+      "allreduce.hvdcut." + s->config.name, device, callback, hc::ReduceOp::SUM);
   if (!status.ok()) {
     std::lock_guard<std::mutex> lock(s->mu);
-    if (s->error.empty()) s->error = "horovod_cutoff: submitting step " + std::to_string(step) +
-                                     " failed: " + status.reason();
-    s->done_cv.notify_all();
+    store_error(*s, "horovod_cutoff: submitting step " + std::to_string(step) +
+                        " failed: " + status.reason());
   }
 }
 
-// Called with the lock held: records reduction c.step and opens the next step.
-void complete(EngineState& s, const Completion& c) {
-  if (!c.ok) {
-    if (s.error.empty()) {
-      s.error = "horovod_cutoff: reduction of step " + std::to_string(c.step) +
-                " failed (a rank may have died or disagreed on the model): " + c.reason;
-    }
-    s.done_cv.notify_all();
+// Claims the open step for a zero contribution and submits it. Lock held on entry and exit.
+void submit_zeros(const std::shared_ptr<EngineState>& s, std::unique_lock<std::mutex>& lock,
+                  bool closed = false) {
+  BufferPtr output = s->take_free();
+  if (!output) {  // unreachable while the lag bound holds; never hang on it
+    store_error(*s, "horovod_cutoff: internal error: no free output buffer at step " +
+                        std::to_string(s->open));
     return;
   }
-  at::Tensor output = s.in_flight_output;
-  s.in_flight_output = at::Tensor();
+  s->submitted = true;
+  s->with_gradients = false;
+  const int64_t step = s->open;
+  const double time = std::isfinite(s->cutoff) ? s->cutoff : seconds_between(s->start, Clock::now());
+  lock.unlock();
+  submit(s, step, s->zeros, output, /*with_gradients=*/false, time, closed);
+  lock.lock();
+}
+
+// Lock held: records reduction c.step and opens the next step.
+void complete(EngineState& s, const Completion& c) {
+  if (!c.ok) {
+    store_error(s, "horovod_cutoff: reduction of step " + std::to_string(c.step) +
+                       " failed (a rank may have died or disagreed on the model): " + c.reason);
+    return;
+  }
+  BufferPtr output = std::move(s.in_flight);
   const Layout& L = s.layout;
-  auto header = output.narrow(0, L.grad_numel, L.header_numel())
-                    .to(at::TensorOptions().dtype(at::kDouble).device(at::kCPU));
-  const double* h = header.data_ptr<double>();
   const int64_t base = L.grad_numel;
+  const std::vector<double> h = s.read_header(*output);
+  auto at = [&](int64_t index) { return h[index - base]; };
 
   StepResult r;
   r.step = c.step;
-  r.count = std::round(h[L.count() - base]);
+  r.count = std::llround(at(L.count()));
   r.cutoff = s.cutoff;
   r.seconds = seconds_between(s.start, c.at);
   r.submitted_at = s.submitted_at;
-  for (int64_t k = 0; k < s.world; ++k) {
-    r.times.push_back(h[L.time(k) - base]);
-    r.censored.push_back(h[L.censored(k) - base] > 0.5);
-    r.fingerprints.push_back(static_cast<int64_t>(std::llround(h[L.fingerprint(k) - base])));
+  r.contributed = s.with_gradients;
+  r.paused = at(L.paused()) > 0.5;
+  std::vector<int> closed;
+  for (int64_t k = 0; k < s.config.world; ++k) {
+    const double flag = at(L.censored(k));
+    if (flag > 1.5) closed.push_back(static_cast<int>(k));
+    r.times.push_back(at(L.time(k)));
+    r.censored.push_back(flag > 0.5 ? 1 : 0);
+    r.fingerprints.push_back(std::llround(at(L.fingerprint(k))));
+    r.behind.push_back(std::llround(at(L.behind(k))));
   }
-  // The coordinator's value, unless it had none (its Python thread is late): reuse.
-  double next = h[L.next_cutoff() - base];
-  if (!(next > 0)) next = s.cutoff;
-  // Nobody made it: widen, identically on every rank, whatever the policy says.
-  if (r.count == 0 && std::isfinite(s.cutoff)) next = std::max(next, 2.0 * s.cutoff);
+  if (!closed.empty() && !s.closing) {
+    std::string who;
+    for (int k : closed) who += (who.empty() ? "" : ", ") + std::to_string(k);
+    store_error(s, "horovod_cutoff: rank(s) " + who + " closed or dropped this "
+                   "DistributedOptimizer at step " + std::to_string(c.step) +
+                   " while this rank still steps it; every rank must step the same optimizer");
+    s.free_outputs.push_back(output);
+    return;
+  }
+  // The coordinator's value, unless it had none yet (its Python thread is late): reuse.
+  const double delivered = at(L.next_cutoff());
+  if (delivered > 0) {
+    s.policy_cutoff = effective(delivered);
+    s.policy_basis = c.step - std::llround(at(L.cutoff_age()));
+  }
+  double next = s.policy_cutoff;
+  r.cutoff_basis = s.policy_basis;
+  // A policy that stopped answering (its service is stuck): wait for all until it answers.
+  if (c.step - s.policy_basis > s.config.watchdog_steps) next = kInf;
+  // Nobody made it: the next step waits for every rank, identically on every rank. (The one
+  // rule for a step nobody made; the simulator's copy is policies.base.cutoff_after_empty_step.)
+  if (r.count == 0) next = kInf;
   r.next_cutoff = next;
 
-  Stored stored{r, r.count > 0 ? output : at::Tensor()};
-  if (r.count <= 0) s.free_outputs.push_back(output);
-  s.results.emplace(c.step, std::move(stored));
+  const bool keep = r.count > 0;
+  if (!keep) s.free_outputs.push_back(output);
+  if (s.config.rank == s.config.coordinator && c.step > 0) {
+    if (s.observations.size() >= kMaxObservations) {
+      s.observations.pop_front();
+      ++s.dropped;
+    }
+    s.observations.push_back(r);
+  }
+  s.results.emplace(c.step, Stored{std::move(r), keep ? output : nullptr});
 
   s.open = c.step + 1;
   s.start = c.at;
   s.cutoff = next;
   s.deadline = deadline_of(s.start, next);
   s.submitted = false;
-  s.python_claimed = false;
+  s.with_gradients = false;
+  s.hold = s.paused;
+  s.touched_by_pause = s.paused;
   s.done_cv.notify_all();
 }
 
@@ -224,97 +382,150 @@ void raise_timer_priority() {
   pthread_setschedparam(pthread_self(), SCHED_FIFO, &param);  // best effort
 }
 
+// One pass of the timer: returns false when the thread should end. Lock held.
+bool timer_pass(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mutex>& lock) {
+  EngineState& s = *sp;
+  while (!s.completions.empty()) {
+    Completion c = std::move(s.completions.front());
+    s.completions.pop_front();
+    complete(s, c);
+  }
+  const auto now = Clock::now();
+  if (s.stop) return false;
+  if (s.closing) {
+    // Tell the other ranks, through the open step, that this optimizer is gone.
+    if (!s.submitted && s.error.empty()) {
+      submit_zeros(sp, lock, /*closed=*/true);
+      return false;
+    }
+    if (now >= s.close_by || !s.error.empty()) return false;
+    s.timer_cv.wait_until(lock, s.close_by);
+    return true;
+  }
+  if (!s.error.empty()) {
+    s.timer_cv.wait(lock);
+    return true;
+  }
+#ifdef HOROVOD_CUTOFF_WITH_CUDA
+  if (s.pending_pack) {
+    const bool ready = s.pending_pack->Ready();
+    const bool late = now >= s.deadline && !s.hold;
+    if (ready || late) {
+      BufferPtr packed = std::move(s.pending_buffer);
+      packed->last_use = std::move(s.pending_pack);
+      const int64_t step = s.open;
+      if (ready && !late) {
+        const double time = s.pending_time;
+        lock.unlock();
+        submit(sp, step, packed, packed, /*with_gradients=*/true, time);
+        lock.lock();
+      } else {
+        // The device did not finish the gradients in time: zeros go in, and the packed
+        // buffer returns to the pool (Horovod waits for the pack before reusing it).
+        s.free_outputs.push_back(packed);
+        s.submitted = false;
+        submit_zeros(sp, lock);
+      }
+      return true;
+    }
+    s.timer_cv.wait_for(lock, std::chrono::microseconds(50));
+    return true;
+  }
+#endif
+  if (!s.submitted && !s.hold && now >= s.deadline) {
+    if (static_cast<int>(s.results.size()) >= s.config.max_lag || s.free_outputs.empty()) {
+      // The lag bound: this rank holds max_lag unapplied results, so it is not cut again;
+      // the others wait until its Python thread catches up.
+      s.hold = true;
+      return true;
+    }
+    submit_zeros(sp, lock);
+    return true;
+  }
+  if (s.submitted || s.hold || s.deadline == Clock::time_point::max()) {
+    s.timer_cv.wait(lock);
+  } else {
+    s.timer_cv.wait_until(lock, s.deadline);
+  }
+  return true;
+}
+
 void timer_loop(std::shared_ptr<EngineState> s) {
   raise_timer_priority();
   std::unique_lock<std::mutex> lock(s->mu);
-  while (!s->stop) {
-    while (!s->completions.empty()) {
-      Completion c = std::move(s->completions.front());
-      s->completions.pop_front();
-      complete(*s, c);
-    }
-    if (!s->error.empty()) {
-      s->timer_cv.wait(lock, [&] { return s->stop; });
-      break;
-    }
-    const auto now = Clock::now();
-#ifdef HOROVOD_CUTOFF_WITH_CUDA
-    if (s->pending_event != nullptr) {
-      const int ready = hvdcut_event_query(s->pending_event);
-      if (ready != 0 || now >= s->deadline) {
-        hvdcut_event_destroy(s->pending_event);
-        s->pending_event = nullptr;
-        const bool in_time = ready == 1 && now < s->deadline;
-        const int64_t step = s->open;
-        const double time = in_time ? seconds_between(s->start, now) : s->cutoff;
-        const double carried = s->next_cutoff;
-        lock.unlock();
-        submit(s, step, in_time, time, carried);
-        lock.lock();
-        continue;
-      }
-      // Poll the device every 50 us until the gradients are ready or the deadline passes.
-      s->timer_cv.wait_for(lock, std::chrono::microseconds(50));
-      continue;
-    }
-#endif
-    if (!s->submitted && now >= s->deadline) {
-      s->submitted = true;
-      const int64_t step = s->open;
-      const double cutoff = s->cutoff;
-      const double carried = s->next_cutoff;
-      lock.unlock();
-      submit(s, step, /*with_gradients=*/false, cutoff, carried);
-      lock.lock();
-      continue;
-    }
-    if (s->submitted || s->deadline == Clock::time_point::max()) {
-      s->timer_cv.wait(lock);
-    } else {
-      s->timer_cv.wait_until(lock, s->deadline);
+  for (;;) {
+    try {
+      if (!timer_pass(s, lock)) break;
+    } catch (const std::exception& e) {
+      if (!lock.owns_lock()) lock.lock();
+      store_error(*s, std::string("horovod_cutoff: the deadline timer failed: ") + e.what());
+    } catch (...) {
+      if (!lock.owns_lock()) lock.lock();
+      store_error(*s, "horovod_cutoff: the deadline timer failed (unknown exception)");
     }
   }
+  s->stop = true;
+  s->done_cv.notify_all();
 }
 
 }  // namespace
 
-Engine::Engine(const std::string& name, int rank, int world, int64_t grad_numel,
-               at::ScalarType dtype, int device, int64_t fingerprint, double first_cutoff) {
-  if (world < 1 || rank < 0 || rank >= world) throw std::invalid_argument("bad rank/world");
-  if (grad_numel < 0) throw std::invalid_argument("grad_numel must be >= 0");
-  if (!(first_cutoff > 0)) throw std::invalid_argument("first_cutoff must be > 0");
+Engine::Engine(const EngineConfig& config) {
+  if (config.world < 1 || config.rank < 0 || config.rank >= config.world) {
+    throw std::invalid_argument("bad rank/world");
+  }
+  if (config.coordinator < 0 || config.coordinator >= config.world) {
+    throw std::invalid_argument("coordinator must be a rank in [0, world)");
+  }
+  if (config.grad_numel < 0) throw std::invalid_argument("grad_numel must be >= 0");
+  if (!(config.first_cutoff > 0)) throw std::invalid_argument("first_cutoff must be > 0");
+  if (config.max_lag < 1) throw std::invalid_argument("max_lag must be >= 1");
+  if (config.watchdog_steps < 1) throw std::invalid_argument("watchdog_steps must be >= 1");
   hc::Status init = hc::CheckInitialized();
   if (!init.ok()) throw std::runtime_error("horovod_cutoff: " + init.reason());
 #ifndef HOROVOD_CUTOFF_WITH_CUDA
-  if (device >= 0) {
+  if (config.device >= 0) {
     throw std::runtime_error(
         "horovod_cutoff was built without CUDA; rebuild with scripts/setup.sh on a GPU machine");
   }
 #endif
   auto s = std::make_shared<EngineState>();
-  s->name = name;
-  s->rank = rank;
-  s->world = world;
-  s->layout = Layout{grad_numel, world};
-  s->options = at::TensorOptions().dtype(dtype).device(
-      device < 0 ? at::Device(at::kCPU) : at::Device(at::kCUDA, device));
-  s->device = device;
-  s->fingerprint = fingerprint;
-  s->send = at::zeros({s->layout.total()}, s->options);
-  s->zeros = at::zeros({s->layout.total()}, s->options);
+  s->config = config;
+  s->layout = Layout{config.grad_numel, config.world};
+  s->options = at::TensorOptions().dtype(config.dtype).device(
+      config.device < 0 ? at::Device(at::kCPU) : at::Device(at::kCUDA, config.device));
+#ifdef HOROVOD_CUTOFF_WITH_CUDA
+  if (config.device >= 0) {
+    s->side_stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/true,
+                                                  static_cast<c10::DeviceIndex>(config.device));
+  }
+#endif
+  // Every buffer now, on this (Python) thread: an allocation failure is an error here, never
+  // on the timer thread, and memory stays flat however far this rank lags.
+  s->zeros = s->new_buffer(/*zero=*/true);
+  for (int i = 0; i <= config.max_lag; ++i) s->free_outputs.push_back(s->new_buffer(false));
   s->start = Clock::now();
-  s->cutoff = first_cutoff;
-  s->deadline = deadline_of(s->start, first_cutoff);
+  s->cutoff = effective(config.first_cutoff);
+  s->deadline = deadline_of(s->start, s->cutoff);
   state_ = s;
   timer_ = std::thread(timer_loop, s);
 }
 
-Engine::~Engine() { close(); }
+Engine::~Engine() {
+  try {
+    close();
+  } catch (...) {
+  }
+}
 
 void Engine::close() {
   {
     std::lock_guard<std::mutex> lock(state_->mu);
-    state_->stop = true;
+    if (!state_->closing && !state_->stop) {
+      state_->closing = true;
+      state_->close_by = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(kCloseGraceSeconds));
+    }
     state_->timer_cv.notify_all();
     state_->done_cv.notify_all();
   }
@@ -328,40 +539,59 @@ Outcome Engine::contribute(int64_t step, const std::vector<at::Tensor>& grads) {
   // result is applied even if Horovod has since shut down (another rank finished first).
   if (step < s.open) return Outcome::kLate;
   if (!s.error.empty()) throw std::runtime_error(s.error);
-  if (s.stop) throw std::runtime_error("horovod_cutoff: the optimizer was closed");
+  if (s.stop || s.closing) throw std::runtime_error("horovod_cutoff: the optimizer was closed");
   if (step > s.open) {
     throw std::logic_error("horovod_cutoff: step " + std::to_string(step) +
                            " offered before step " + std::to_string(s.open) + " was reduced");
   }
-  if (s.submitted) return Outcome::kLate;
-  s.submitted = true;
+  if (s.submitted) return Outcome::kCut;  // the timer sent zeros while this rank computed
   const auto now = Clock::now();
-  const double cutoff = s.cutoff;
-  const double carried = s.next_cutoff;
-  if (now >= s.deadline) {
-    lock.unlock();
-    submit(state_, step, /*with_gradients=*/false, cutoff, carried);
+  if (now >= s.deadline && !s.hold) {
+    submit_zeros(state_, lock);
     return Outcome::kCut;
   }
-  s.python_claimed = true;
+  BufferPtr buffer = s.take_free();
+  if (!buffer) {
+    submit_zeros(state_, lock);  // stores the internal error
+    throw std::runtime_error(s.error);
+  }
+  s.submitted = true;
+  s.with_gradients = true;
   const double time = seconds_between(s.start, now);
   lock.unlock();
-  pack_gradients(grads, s.send);
+  try {
+    pack_gradients(grads, buffer->data);
+  } catch (...) {
+    // Nothing of this rank went in yet: send zeros so the others never wait for it.
+    lock.lock();
+    s.with_gradients = false;
+    lock.unlock();
+    submit(state_, step, s.zeros, buffer, /*with_gradients=*/false, time);
+    throw;
+  }
 #ifdef HOROVOD_CUTOFF_WITH_CUDA
-  if (s.device >= 0) {
+  if (s.config.device >= 0) {
     // The gradients count only if the device finishes them before the deadline: the timer
     // thread polls this event and submits gradients or zeros, whichever is due.
-    void* stream = c10::cuda::getCurrentCUDAStream(s.device).stream();
-    void* event = hvdcut_event_record(stream);
-    if (event == nullptr) throw std::runtime_error("horovod_cutoff: cudaEventRecord failed");
+    auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(s.config.device));
+    auto packed = CudaReady::record(stream.stream());
     std::lock_guard<std::mutex> relock(s.mu);
-    s.pending_event = event;
+    s.pending_pack = packed;
+    s.pending_buffer = buffer;
+    s.pending_time = time;
     s.timer_cv.notify_all();
     return Outcome::kContributed;
   }
 #endif
-  submit(state_, step, /*with_gradients=*/true, time, carried);
+  submit(state_, step, buffer, buffer, /*with_gradients=*/true, time);
   return Outcome::kContributed;
+}
+
+void Engine::withdraw(int64_t step) {
+  auto& s = *state_;
+  std::unique_lock<std::mutex> lock(s.mu);
+  if (step != s.open || s.submitted || s.stop || s.closing || !s.error.empty()) return;
+  submit_zeros(state_, lock);
 }
 
 bool Engine::is_cut(int64_t step) const {
@@ -369,8 +599,8 @@ bool Engine::is_cut(int64_t step) const {
   std::lock_guard<std::mutex> lock(s.mu);
   if (step < s.open) return true;
   if (step > s.open) return false;
-  if (s.submitted) return !s.python_claimed;
-  return Clock::now() >= s.deadline;
+  if (s.submitted) return !s.with_gradients;
+  return !s.hold && Clock::now() >= s.deadline;
 }
 
 bool Engine::wait(int64_t step, double timeout_s) const {
@@ -379,11 +609,11 @@ bool Engine::wait(int64_t step, double timeout_s) const {
   const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                         std::chrono::duration<double>(timeout_s));
   const bool ready = s.done_cv.wait_until(lock, until, [&] {
-    return s.results.count(step) > 0 || !s.error.empty() || s.stop;
+    return s.results.count(step) > 0 || !s.error.empty() || s.stop || s.closing;
   });
   if (s.results.count(step) > 0) return true;
   if (!s.error.empty()) throw std::runtime_error(s.error);
-  if (s.stop) throw std::runtime_error("horovod_cutoff: the optimizer was closed");
+  if (s.stop || s.closing) throw std::runtime_error("horovod_cutoff: the optimizer was closed");
   return ready;
 }
 
@@ -398,18 +628,60 @@ StepResult Engine::take(int64_t step, std::vector<at::Tensor>& grads) {
     }
     stored = std::move(it->second);
     s.results.erase(it);
+    s.python_next = step + 1;
   }
-  if (stored.output.defined()) {
-    unpack_gradients(stored.output, grads, 1.0 / stored.result.count);
+  if (stored.output) {
+    unpack_gradients(stored.output->data, grads, stored.result.count);
+#ifdef HOROVOD_CUTOFF_WITH_CUDA
+    if (stored.output->data.is_cuda()) {
+      // Horovod must not overwrite the buffer before this unpack has read it.
+      auto stream = c10::cuda::getCurrentCUDAStream(stored.output->data.device().index());
+      stored.output->last_use = CudaReady::record(stream.stream());
+    }
+#endif
     std::lock_guard<std::mutex> lock(s.mu);
     s.free_outputs.push_back(stored.output);
+    s.timer_cv.notify_all();  // a rank at its lag bound may be cut again
+  } else {
+    zero_gradients(grads);
   }
   return stored.result;
 }
 
-void Engine::set_next_cutoff(double seconds) {
+void Engine::set_next_cutoff(double seconds, int64_t basis) {
   std::lock_guard<std::mutex> lock(state_->mu);
-  state_->next_cutoff = seconds;
+  state_->carried = seconds;
+  state_->carried_basis = basis;
+}
+
+std::vector<StepResult> Engine::next_observations(double timeout_s) {
+  auto& s = *state_;
+  std::unique_lock<std::mutex> lock(s.mu);
+  s.done_cv.wait_for(lock, std::chrono::duration<double>(timeout_s),
+                     [&] { return !s.observations.empty() || s.stop || s.closing; });
+  std::vector<StepResult> out(s.observations.begin(), s.observations.end());
+  s.observations.clear();
+  return out;
+}
+
+int64_t Engine::dropped_observations() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->dropped;
+}
+
+void Engine::pause() {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->paused = true;
+  state_->hold = true;
+  state_->touched_by_pause = true;
+  state_->timer_cv.notify_all();
+}
+
+void Engine::resume() {
+  // The step open now keeps its hold: it waits for this rank, whatever its deadline.
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->paused = false;
+  state_->timer_cv.notify_all();
 }
 
 int64_t Engine::open_step() const {

@@ -7,16 +7,11 @@
 #include <torch/torch.h>
 
 #include <chrono>
-#include <condition_variable>
-#include <deque>
-#include <map>
+#include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include "layout.h"
 
 namespace hvdcut {
 
@@ -25,43 +20,72 @@ using Clock = std::chrono::steady_clock;
 enum class Outcome : int {
   kContributed = 0,  // gradients went in with weight 1
   kCut = 1,          // too late: a zero contribution went in (now, or by the timer)
-  kLate = 2,         // the step was already submitted or reduced: gradients discarded
+  kLate = 2,         // the step was already reduced when this rank offered it
 };
 
-// What a completed reduction tells every rank.
+// What a completed reduction tells every rank (bound to Python as a read-only class).
 struct StepResult {
   int64_t step = 0;
-  double count = 0;        // contributors
-  double cutoff = 0;       // the cutoff this step ran under
-  double next_cutoff = 0;  // the cutoff step+1 runs under (reuse and widen rules applied)
-  double seconds = 0;      // this rank's wall time from step start to reduction done
-  double submitted_at = 0; // when this rank's contribution entered Horovod, from step start
-  std::vector<double> times;
-  std::vector<bool> censored;
+  int64_t count = 0;           // contributors
+  double cutoff = 0;           // the cutoff this step ran under (inf: waited for all)
+  double next_cutoff = 0;      // the cutoff step+1 runs under (every rule applied)
+  int64_t cutoff_basis = -1;   // the last step the coordinator's policy had seen when it chose
+                               // next_cutoff (-1: chosen before any observation)
+  double seconds = 0;          // this rank's wall time from step start to reduction done
+  double submitted_at = 0;     // when this rank's contribution entered Horovod, from step start
+  bool contributed = false;    // this rank's gradients are in the sum
+  bool paused = false;         // some rank was inside opt.paused(): times are not a sample
+  std::vector<double> times;   // per rank: compute time, or the cutoff if censored
+  std::vector<uint8_t> censored;
   std::vector<int64_t> fingerprints;
+  std::vector<int64_t> behind;  // per rank: whole steps its Python thread was behind
+};
+
+struct EngineConfig {
+  std::string name;          // the same on every rank (Horovod matches reductions by name)
+  int rank = 0;
+  int world = 1;
+  int coordinator = 0;       // the rank whose policy chooses the cutoff
+  int64_t grad_numel = 0;
+  at::ScalarType dtype = at::kFloat;
+  int device = -1;           // -1 for CPU, else the CUDA device index
+  int64_t fingerprint = 1;   // of the configuration every rank must share
+  double first_cutoff = 0;   // step 0's cutoff (inf: wait for all)
+  int max_lag = 2;           // stored results a lagging rank may hold before it stops being cut
+  int watchdog_steps = 100;  // a cutoff older than this many steps means: wait for all
 };
 
 struct EngineState;
 
 class Engine {
  public:
-  // device: -1 for CPU, else the CUDA device index. first_cutoff applies to step 0.
-  Engine(const std::string& name, int rank, int world, int64_t grad_numel, at::ScalarType dtype,
-         int device, int64_t fingerprint, double first_cutoff);
+  explicit Engine(const EngineConfig& config);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Offers this rank's gradients for `step`. Call without the GIL.
+  // Offers this rank's gradients for `step`. Call without the GIL. If packing fails, a zero
+  // contribution goes in instead (the other ranks never wait for it) and the error is thrown.
   Outcome contribute(int64_t step, const std::vector<at::Tensor>& grads);
+  // This rank has no gradients for `step` (its closure failed): contributes zeros now.
+  void withdraw(int64_t step);
   // True once `step` can no longer take this rank's gradients (cheap; hooks poll it).
   bool is_cut(int64_t step) const;
   // Waits up to timeout_s for reduction `step`; false on timeout. Throws on a Horovod error.
   bool wait(int64_t step, double timeout_s) const;
-  // Takes reduction `step` (after wait): writes sum/count into grads when count > 0.
+  // Takes reduction `step` (after wait): writes sum/count into grads when count > 0, zeros
+  // when nobody contributed (so every rank's gradients are identical either way).
   StepResult take(int64_t step, std::vector<at::Tensor>& grads);
-  // Coordinator only: the cutoff the next submitted reduction carries to every rank.
-  void set_next_cutoff(double seconds);
+  // Coordinator: the cutoff the next submitted reduction carries to every rank, chosen from
+  // observations up to step `basis`.
+  void set_next_cutoff(double seconds, int64_t basis);
+  // Coordinator: waits up to timeout_s (no GIL) for completed steps the policy has not seen;
+  // returns them in order (at most the last 256: older ones are dropped and counted).
+  std::vector<StepResult> next_observations(double timeout_s);
+  int64_t dropped_observations() const;
+  // opt.paused(): no cut while paused; the step open at resume waits for this rank.
+  void pause();
+  void resume();
   int64_t open_step() const;
   void close();
 

@@ -1,7 +1,8 @@
 // Layout of the one fused buffer a step reduces: the packed gradients, then a header.
-// Every rank writes only its own slots, so after the Sum every rank holds every rank's
-// time, censoring flag and configuration fingerprint, plus the contributor count and the
-// coordinator's cutoff for a coming step.
+// Every rank writes only its own slots (the coordinator also writes the cutoff slots), so
+// after the Sum every rank holds every rank's time, censoring flag, configuration
+// fingerprint and lag, plus the contributor count and the coordinator's next cutoff.
+// Every value is an integer below 2^24 or a time, so float32 carries it exactly enough.
 #pragma once
 #include <cstdint>
 
@@ -11,12 +12,15 @@ struct Layout {
   int64_t grad_numel;  // packed gradient elements
   int64_t world;       // N ranks
 
-  int64_t count() const { return grad_numel; }           // sum of weights (contributors)
-  int64_t next_cutoff() const { return grad_numel + 1; }  // written by rank 0 only
-  int64_t time(int64_t r) const { return grad_numel + 2 + r; }
-  int64_t censored(int64_t r) const { return grad_numel + 2 + world + r; }
-  int64_t fingerprint(int64_t r) const { return grad_numel + 2 + 2 * world + r; }
-  int64_t header_numel() const { return 2 + 3 * world; }
+  int64_t count() const { return grad_numel; }             // sum of weights (contributors)
+  int64_t next_cutoff() const { return grad_numel + 1; }   // coordinator only
+  int64_t cutoff_age() const { return grad_numel + 2; }    // coordinator: steps since its basis
+  int64_t paused() const { return grad_numel + 3; }        // ranks that were inside paused()
+  int64_t time(int64_t r) const { return grad_numel + 4 + r; }
+  int64_t censored(int64_t r) const { return grad_numel + 4 + world + r; }
+  int64_t fingerprint(int64_t r) const { return grad_numel + 4 + 2 * world + r; }
+  int64_t behind(int64_t r) const { return grad_numel + 4 + 3 * world + r; }
+  int64_t header_numel() const { return 4 + 4 * world; }
   int64_t total() const { return grad_numel + header_numel(); }
 };
 

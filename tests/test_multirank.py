@@ -55,7 +55,9 @@ def test_cut_rank_in_closure_form_starts_next_step_on_time(horovodrun):
     cut_closure = [s["step"] for s in closure.rank(0)["stats"] if s["censored"][1]]
     cut_plain = [s["step"] for s in plain.rank(0)["stats"] if s["censored"][1]]
     assert cut_closure == [2], cut_closure
-    assert cut_plain[:2] == [2, 3] and len(cut_plain) >= 3, cut_plain
+    # The plain loop carries the lag into later steps, at most max_lag (2) of them: then the
+    # lagging rank is no longer cut and the others wait for it.
+    assert cut_plain[:2] == [2, 3] and 4 not in cut_plain, cut_plain
 
 
 def test_cutoff_none_matches_plain_horovod(horovodrun):
@@ -69,7 +71,8 @@ def test_cutoff_none_matches_plain_horovod(horovodrun):
 @pytest.mark.parametrize("mode", ["sleep", "spin", "gil"])
 def test_rank_busy_ten_times_the_cutoff_does_not_hold_the_others(horovodrun, mode):
     cutoff = 0.05
-    job = horovodrun(2, "straggler", steps=12, cutoff=cutoff, mode=mode)
+    # A lag bound above the steps run: this is about the timer, not the bound.
+    job = horovodrun(2, "straggler", steps=12, cutoff=cutoff, mode=mode, opt={"max_lag": 16})
     assert job.returncode == 0, job.output[-3000:]
     durations = np.array(job.rank(0)["durations"][2:])  # steps after the slow rank fell behind
     # Generous tolerance (shared 2-core machine); the tight figure is benchmark P4's.
@@ -103,3 +106,66 @@ def test_dead_rank_ends_the_job_with_an_error_in_bounded_time(horovodrun, cutoff
     job = horovodrun(2, "death", timeout=90, steps=200, die_at=5, cutoff=cutoff, options=options)
     assert job.returncode != 0
     assert job.seconds < 60, f"took {job.seconds:.0f} s to notice a dead rank"
+
+
+# ---- hardening: each test below failed (or hung) before its fix -----------------------------
+
+
+@pytest.mark.parametrize("use_paused", [True, False], ids=["paused", "without_paused"])
+def test_pause_taken_by_every_rank(horovodrun, use_paused):
+    job = horovodrun(2, "pause", steps=8, cutoff=0.1, pause_at=4, pause=2.0, use_paused=use_paused)
+    assert job.returncode == 0, job.output[-3000:]
+    stats = [job.rank(r)["stats"] for r in range(2)]
+    counts = [s["contributors"] for s in stats[0]]
+    assert job.rank(0)["digest"] == job.rank(1)["digest"]
+    # Every step leaves identical gradients on every rank, a step nobody made included.
+    assert job.rank(0)["grad_digests"] == job.rank(1)["grad_digests"]
+    if use_paused:
+        assert counts == [2] * 8, counts
+        assert stats[0][4]["paused"]
+        assert all(t < 1.0 for t in job.rank(0)["fed"]), "the policy was fed the pause"
+    else:
+        # Before: 0.1, 0.2, 0.4, 0.8, 1.6 s all passed with nobody (5 lost steps).
+        assert counts.count(0) <= 1, counts
+        assert counts[5:] == [2, 2, 2], counts
+
+
+def test_lagging_rank_is_bounded_and_warned(horovodrun):
+    job = horovodrun(2, "lag", steps=12, cutoff=0.05, stall_at=3, stall=2.0, max_lag=3)
+    assert job.returncode == 0, job.output[-3000:]
+    slow, fast = job.rank(1), job.rank(0)
+    assert fast["w"] == slow["w"]
+    behind = [max(s["behind"]) for s in fast["stats"]]
+    assert max(behind) <= 3, behind
+    cut = [s["step"] for s in fast["stats"] if s["censored"][1]]
+    assert 3 <= len(cut) <= 4, f"cut steps {cut}: the lag bound (3) should stop the cuts"
+    assert max(fast["durations"]) > 1.0, "the others must wait once the lag bound is reached"
+    assert any("rank 1 is 3 steps behind" in w for w in slow["warnings"]), slow["warnings"]
+
+
+@pytest.mark.parametrize("cutoff", ["none", "static"])
+def test_rank_that_stops_stepping_is_named_and_ends_in_an_error(horovodrun, cutoff):
+    options = {"seconds": 0.05} if cutoff == "static" else None
+    job = horovodrun(2, "stop_stepping", timeout=90, steps=10, fewer=5, cutoff=cutoff,
+                     options=options, step_timeout=4, stall_warning=1)
+    waiting = job.rank(0)
+    assert waiting["error"] and "step_timeout" in waiting["error"], waiting
+    assert waiting["seconds"] < 20
+    assert waiting["stall_warnings"], "no warning before giving up"
+    if cutoff == "static":  # the lagging rank was cut up to its bound: the message names it
+        assert "rank 1" in waiting["stall_warnings"][0], waiting["stall_warnings"]
+
+
+def test_optimizer_built_on_one_rank_only_times_out_and_the_shared_one_works(horovodrun):
+    job = horovodrun(2, "extra_optimizer", timeout=90)
+    assert job.returncode == 0, job.output[-3000:]
+    assert "built on every rank" in job.rank(0)["error"]
+    assert job.rank(0)["w"] == job.rank(1)["w"] == [-3.0] * 4
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["close", "drop"])
+def test_optimizer_closed_on_one_rank_is_an_error_on_the_others(horovodrun, drop):
+    job = horovodrun(2, "close_one", timeout=90, steps=20, close_at=5, drop=drop)
+    error = job.rank(0)["error"]
+    assert error and "rank(s) 1 closed or dropped" in error, error
+    assert job.rank(0)["seconds"] < 10

@@ -2,29 +2,32 @@
 
 Per step: this rank offers its gradients (or nothing, if the cutoff passed: the engine's C++
 timer has then submitted zeros for it); one fused Horovod allreduce sums gradients, the
-contributor count and every rank's time; every rank divides by the count. The coordinator
-(rank 0) feeds the times to the policy and hands the engine the cutoff that the next
-reduction carries to every rank. Because the cutoff travels inside a reduction, the cutoff
-of step t is chosen from the times of steps up to t-2 (one step of lag, no extra collective).
+contributor count and every rank's time; every rank divides by the count. The policy runs
+elsewhere (service.py, on the coordinator); its cutoff travels inside the reductions, so the
+cutoff of step t is chosen from the times of steps up to t-2 or earlier.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
+import threading
 import time
 import warnings
+import weakref
 import zlib
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from . import _C
 from .policies import CutoffPolicy
+from .service import CutoffService
 
 Outcome = _C.Outcome
+StepResult = _C.StepResult
 
 
 class StepAbandoned(Exception):
@@ -35,10 +38,28 @@ class CutoffConfigMismatch(RuntimeError):
     """Ranks were set up with different cutoff configurations or models."""
 
 
-def _fingerprint(config: Dict[str, Any]) -> int:
-    # 24 bits: exactly representable in the float32 slot of the fused buffer.
+class StepStalled(RuntimeError):
+    """A reduction did not complete within ``step_timeout`` seconds."""
+
+
+def fingerprint(config: Dict[str, Any]) -> int:
+    """24 bits of the configuration: exactly representable in the fused buffer's float32."""
     text = json.dumps(config, sort_keys=True, default=str)
     return (zlib.crc32(text.encode()) & 0xFFFFFF) or 1
+
+
+# Engines are named from what every rank shares (the configuration), plus how many engines of
+# that configuration this process made before: an optimizer built on one rank only can then
+# never shift the names of the optimizers built on every rank.
+_engines_made: Dict[int, int] = collections.Counter()
+_engines_lock = threading.Lock()
+
+
+def _engine_name(config_fingerprint: int) -> str:
+    with _engines_lock:
+        k = _engines_made[config_fingerprint]
+        _engines_made[config_fingerprint] += 1
+    return f"{config_fingerprint:06x}.{k}"
 
 
 def _buffer_dtype(params: Sequence[torch.Tensor]) -> str:
@@ -63,6 +84,63 @@ def _device_index(params: Sequence[torch.Tensor]) -> int:
     raise ValueError(f"params: unsupported device type {device.type!r} (cpu or cuda)")
 
 
+class _AbandonHooks:
+    """Lets a cut rank abandon its closure: raises StepAbandoned at the next forward of a module
+    that owns a wrapped parameter, or at the next gradient of one, once the step is cut.
+
+    Scoped: only the thread running the closure, only the wrapped parameters' modules. The
+    gradient hooks hold the reduction weakly, so they never keep a dropped optimizer alive.
+    """
+
+    def __init__(self, reduction: "PartialReduction", params: Sequence[torch.Tensor]):
+        self._param_ids = frozenset(id(p) for p in params)
+        self._armed: Optional[tuple] = None  # (step, thread id) while a closure runs
+        ref = weakref.ref(reduction)
+        armed = weakref.ref(self)
+
+        def on_gradient(grad: torch.Tensor) -> None:
+            hooks, red = armed(), ref()
+            if hooks is not None and red is not None and hooks._armed is not None:
+                if red.engine.is_cut(hooks._armed[0]):
+                    raise StepAbandoned()
+
+        self._handles = [p.register_hook(on_gradient) for p in params if p.requires_grad]
+
+    @contextmanager
+    def armed(self, engine: Any, step: int) -> Iterator[None]:
+        me = threading.get_ident()
+        owns = self._param_ids
+
+        def pre_forward(module: torch.nn.Module, args: Any) -> None:
+            if threading.get_ident() != me:
+                return
+            if any(id(p) in owns for p in module._parameters.values() if p is not None):
+                if engine.is_cut(step):
+                    raise StepAbandoned()
+
+        self._armed = (step, me)
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(pre_forward)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self._armed = None
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _shut_down(engine: Any, service: Optional[CutoffService], hooks: List[Any]) -> None:
+    """Finalizer of a PartialReduction: must not reference it."""
+    for h in hooks:
+        h.remove()
+    if service is not None:
+        service.stop()
+    engine.close()
+
+
 class PartialReduction:
     """One optimizer's sequence of deadline-bounded reductions (see module docstring)."""
 
@@ -74,96 +152,166 @@ class PartialReduction:
         policy_config: Dict[str, Any],
         rank: int,
         size: int,
-        engine_name: str,
-        step_timeout: Optional[float] = None,
+        step_timeout: Optional[float] = 600.0,
+        stall_warning: float = 60.0,
+        max_lag: int = 2,
+        coordinator: int = 0,
+        stats_window: Optional[int] = 1000,
+        watchdog_steps: int = 100,
+        fallback: Optional[Callable[[], CutoffPolicy]] = None,
+        sparse_as_dense: bool = False,
     ):
         if not params:
             raise ValueError("params: the optimizer has no parameters")
-        if step_timeout is not None and not (float(step_timeout) > 0):
-            raise ValueError(f"step_timeout must be a positive number of seconds or None, got {step_timeout}")
         self.params = list(params)
-        self.policy = policy
+        self.names = list(names)
         self.rank, self.size = rank, size
-        self.step_timeout = None if step_timeout is None else float(step_timeout)
+        self.step_timeout = step_timeout
+        self.stall_warning = stall_warning
+        self.max_lag = max_lag
+        self.sparse_as_dense = sparse_as_dense
         self.step_index = 0
-        self.stats: List[Dict[str, Any]] = []
-        self._fallback_warned = False
+        self.stats: Deque[Dict[str, Any]] = collections.deque(maxlen=stats_window)
+        self._last: Optional[StepResult] = None
+        self._basis = -1  # the step the current step's cutoff was chosen from
+        self._lag_warned = False
+        sparse = [n for n, p in zip(self.names, self.params) if p.grad is not None and p.grad.is_sparse]
+        if sparse and not sparse_as_dense:
+            raise ValueError(f"sparse gradients (parameters {sparse}) are not supported with cutoff=; "
+                             "pass sparse_as_dense=True")
         dtype = _buffer_dtype(self.params)
         numel = sum(p.numel() for p in self.params)
         self.config = {
             "cutoff": policy_config,
             "world": size,
+            "coordinator": coordinator,
             "dtype": dtype,
-            "params": [[n, list(p.shape)] for n, p in zip(names, self.params)],
+            "params": [[n, list(p.shape)] for n, p in zip(self.names, self.params)],
         }
-        self.fingerprint = _fingerprint(self.config)
+        self.fingerprint = fingerprint(self.config)
         # Step 0 waits for everyone: there is nothing to predict from, and it checks the config.
-        self.engine = _C.Engine(engine_name, rank, size, numel, dtype, _device_index(self.params),
-                                self.fingerprint, math.inf)
-        if rank == 0:
-            self._hand_cutoff_to_engine()
-        self._closure_step: Optional[int] = None
-        self._hooks = [p.register_hook(self._abandon_if_cut) for p in self.params if p.requires_grad]
+        self.engine = _C.Engine(_engine_name(self.fingerprint), rank, size, numel, dtype,
+                                _device_index(self.params), self.fingerprint, math.inf,
+                                coordinator=coordinator, max_lag=max_lag,
+                                watchdog_steps=watchdog_steps)
+        self.service = (CutoffService(self.engine, policy, fallback).start()
+                        if rank == coordinator else None)
+        self._hooks = _AbandonHooks(self, self.params)
+        self._finalizer = weakref.finalize(self, _shut_down, self.engine, self.service, [self._hooks])
 
     # ---- the step -------------------------------------------------------------------------
 
     def run(self, closure: Optional[Callable[[], Any]] = None) -> tuple:
-        """Runs step ``step_index``: returns (closure's loss or None, result dict)."""
+        """Runs step ``step_index``: returns (closure's loss or None, its StepResult, outcome).
+
+        Whatever goes wrong on this rank, its contribution goes in (zeros if need be) before
+        the error propagates, so the other ranks never wait for it.
+        """
         step = self.step_index
         loss = None
-        if closure is not None and not self.engine.is_cut(step):
-            # A step already reduced (this rank is behind) is applied without its closure.
-            try:
-                with self._abandon_on_cut(step), torch.enable_grad():
-                    loss = closure()
-            except StepAbandoned:
-                loss = None
-        grads = self._grads()
+        try:
+            if closure is not None and not self.engine.is_cut(step):
+                # A step already reduced (this rank is behind) is applied without its closure.
+                try:
+                    with self._hooks.armed(self.engine, step), torch.enable_grad():
+                        loss = closure()
+                except StepAbandoned:
+                    loss = None
+            grads = self._grads()
+        except BaseException:
+            self.engine.withdraw(step)
+            raise
         outcome = self.engine.contribute(step, grads)
         result = self._wait_and_take(step, grads)
-        result["outcome"] = outcome.name.lower()
         self.step_index += 1
-        self._record(result)
-        return loss, result
+        if result.contributed:
+            outcome = Outcome.CONTRIBUTED
+        elif outcome == Outcome.CONTRIBUTED:  # GPU: the device finished after the deadline
+            outcome = Outcome.CUT
+        self._record(result, outcome)
+        return loss, result, outcome
 
     def is_cut(self) -> bool:
         """True once the current step can no longer take this rank's gradients."""
         return self.engine.is_cut(self.step_index)
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self.engine.pause()
+        try:
+            yield
+        finally:
+            self.engine.resume()
+
     def close(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-        self.engine.close()
+        self._finalizer()
 
     # ---- internals ------------------------------------------------------------------------
 
     def _grads(self) -> List[torch.Tensor]:
-        for p in self.params:
+        grads = []
+        for name, p in zip(self.names, self.params):
             if p.grad is None:  # unused this step: contributes zeros, receives the average
                 p.grad = torch.zeros_like(p)
-        return [p.grad for p in self.params]
+            elif p.grad.is_sparse:
+                if not self.sparse_as_dense:
+                    raise ValueError(f"parameter {name!r} has a sparse gradient, not supported with "
+                                     "cutoff=; pass sparse_as_dense=True")
+                p.grad = p.grad.to_dense()
+            grads.append(p.grad)
+        return grads
 
-    def _wait_and_take(self, step: int, grads: List[torch.Tensor]) -> Dict[str, Any]:
+    def _wait_and_take(self, step: int, grads: List[torch.Tensor]) -> StepResult:
         started = time.monotonic()
+        warned = False
         while not self.engine.wait(step, 0.2):  # short waits keep Ctrl-C responsive
             waited = time.monotonic() - started
+            if not warned and waited > self.stall_warning:
+                warnings.warn(self._stall_message(step, waited), RuntimeWarning, stacklevel=4)
+                warned = True
             if self.step_timeout is not None and waited > self.step_timeout:
-                raise RuntimeError(
-                    f"horovod_cutoff: step {step} not reduced after {waited:.0f} s "
-                    f"(step_timeout={self.step_timeout}); a rank may have stopped calling step()"
-                )
+                raise StepStalled(self._stall_message(step, waited) +
+                                  f" Giving up (step_timeout={self.step_timeout} s).")
+        self._warn_if_lagging(step)
         result = self.engine.take(step, grads)
         if step == 0:
-            self._check_config(result["fingerprints"])
+            self._check_config(result.fingerprints)
         return result
 
-    def _check_config(self, fingerprints: List[int]) -> None:
-        if len(set(fingerprints)) == 1:
+    def _stall_message(self, step: int, waited: float) -> str:
+        head = f"horovod_cutoff: rank {self.rank} has waited {waited:.0f} s for step {step} to be reduced."
+        last = self._last
+        if last is None:
+            return (f"{head} No step of this optimizer has completed yet: was it built on every rank, "
+                    "with the same parameters? Horovod's stall inspector (on rank 0) names the "
+                    "missing ranks.")
+        behind = [(r, int(b)) for r, b in enumerate(last.behind) if b > 0]
+        if behind:
+            who = ", ".join(f"rank {r} ({b} steps behind)" for r, b in behind)
+            return (f"{head} At step {last.step}: {who}. A rank at its lag bound "
+                    f"(max_lag={self.max_lag}) is no longer cut: every rank waits until it calls step().")
+        return (f"{head} No rank was behind at step {last.step}: a rank stopped calling step() "
+                "(uneven data, an early exit, or a pause under cutoff='none'). Give every rank the same "
+                "number of steps; Horovod's stall inspector (on rank 0) names the missing ranks.")
+
+    def _warn_if_lagging(self, step: int) -> None:
+        behind = self.engine.open_step() - step  # reduced steps this rank has not applied yet
+        if behind >= self.max_lag and not self._lag_warned:
+            warnings.warn(
+                f"horovod_cutoff: rank {self.rank} is {behind} steps behind the reductions "
+                f"(max_lag={self.max_lag}): it is no longer cut, so the other ranks wait for it "
+                "until it catches up. Is it much slower than the others, or paused without "
+                "opt.paused()?", RuntimeWarning, stacklevel=5)
+            self._lag_warned = True
+        elif behind <= 1:
+            self._lag_warned = False
+
+    def _check_config(self, fingerprints) -> None:
+        if len(set(int(f) for f in fingerprints)) == 1:
             return
         groups: Dict[int, List[int]] = {}
         for r, f in enumerate(fingerprints):
-            groups.setdefault(f, []).append(r)
+            groups.setdefault(int(f), []).append(r)
         described = "; ".join(f"ranks {rs} have fingerprint {f:06x}" for f, rs in groups.items())
         raise CutoffConfigMismatch(
             f"horovod_cutoff: ranks disagree on the cutoff configuration or the model ({described}); "
@@ -171,62 +319,20 @@ class PartialReduction:
             "Construct DistributedOptimizer with the same cutoff arguments and model on every rank."
         )
 
-    def _record(self, result: Dict[str, Any]) -> None:
+    def _record(self, result: StepResult, outcome: Any) -> None:
+        self._last = result
         self.stats.append({
-            "step": result["step"],
-            "cutoff": result["cutoff"],
-            "contributors": result["count"],
-            "times": result["times"],
-            "censored": result["censored"],
-            "step_seconds": result["seconds"],
-            "submitted_at": result["submitted_at"],
-            "outcome": result["outcome"],
-            "next_cutoff": result["next_cutoff"],
+            "step": result.step,
+            "cutoff": result.cutoff,
+            "cutoff_basis": self._basis,
+            "contributors": result.count,
+            "times": result.times,
+            "censored": result.censored,
+            "step_seconds": result.seconds,
+            "submitted_at": result.submitted_at,
+            "outcome": outcome.name.lower(),
+            "paused": result.paused,
+            "behind": result.behind,
+            "next_cutoff": result.next_cutoff,
         })
-        if self.rank == 0:
-            if result["step"] > 0:  # step 0 includes start-up costs: not a sample of the cluster
-                self._observe(result["times"], result["censored"])
-            self._hand_cutoff_to_engine()
-
-    def _observe(self, times: List[float], censored: List[bool]) -> None:
-        try:
-            self.policy.observe(np.asarray(times, dtype=np.float64), np.asarray(censored, dtype=bool))
-        except Exception as err:  # a broken policy must not stop training
-            self._fall_back(f"observe() raised {type(err).__name__}: {err}")
-
-    def _hand_cutoff_to_engine(self) -> None:
-        if self._fallback_warned:
-            return self.engine.set_next_cutoff(math.inf)
-        try:
-            c = float(self.policy.cutoff())
-        except Exception as err:
-            return self._fall_back(f"cutoff() raised {type(err).__name__}: {err}")
-        if math.isnan(c) or c <= 0 or c == -math.inf:
-            return self._fall_back(f"cutoff() returned {c}")
-        self.engine.set_next_cutoff(c)
-
-    def _fall_back(self, why: str) -> None:
-        # Waiting for every worker is always correct; it is only slower.
-        if not self._fallback_warned:
-            warnings.warn(f"horovod_cutoff: the cutoff policy failed ({why}); "
-                          "falling back to waiting for all workers", RuntimeWarning, stacklevel=3)
-            self._fallback_warned = True
-        self.engine.set_next_cutoff(math.inf)
-
-    def _abandon_if_cut(self, grad: torch.Tensor) -> None:
-        if self._closure_step is not None and self.engine.is_cut(self._closure_step):
-            raise StepAbandoned()
-
-    @contextmanager
-    def _abandon_on_cut(self, step: int) -> Iterator[None]:
-        def pre_hook(module: torch.nn.Module, args: Any) -> None:
-            if self.engine.is_cut(step):
-                raise StepAbandoned()
-
-        self._closure_step = step
-        handle = torch.nn.modules.module.register_module_forward_pre_hook(pre_hook)
-        try:
-            yield
-        finally:
-            handle.remove()
-            self._closure_step = None
+        self._basis = result.cutoff_basis

@@ -17,9 +17,13 @@ import torch
 from horovod_cutoff.traces import StragglerInjector
 
 
+def _plain(obj):
+    return obj.tolist() if hasattr(obj, "tolist") else float(obj)
+
+
 def write(outdir: str, payload: dict) -> None:
     with open(os.path.join(outdir, f"rank{hvd.rank()}.json"), "w") as fh:
-        json.dump(payload, fh, default=float)
+        json.dump(payload, fh, default=_plain)
 
 
 def params_digest(model: torch.nn.Module) -> str:
@@ -66,7 +70,8 @@ def mean_of_contributors(p: dict) -> dict:
     rank, size = hvd.rank(), hvd.size()
     w = torch.nn.Parameter(torch.zeros(4))
     opt = hvd.DistributedOptimizer(torch.optim.SGD([w], lr=1.0), named_parameters=[("w", w)],
-                                   cutoff="static", cutoff_options={"seconds": p["cutoff"]})
+                                   cutoff="static", cutoff_options={"seconds": p["cutoff"]},
+                                   **p.get("opt", {}))
     g = (rank + 1) * torch.tensor([1.0, 2.0, 3.0, 4.0])
     slow_steps = set(p["slow_steps"])
     deltas = []
@@ -117,7 +122,8 @@ def straggler(p: dict) -> dict:
     rank, size = hvd.rank(), hvd.size()
     w = torch.nn.Parameter(torch.zeros(1000))
     opt = hvd.DistributedOptimizer(torch.optim.SGD([w], lr=0.01), named_parameters=[("w", w)],
-                                   cutoff="static", cutoff_options={"seconds": p["cutoff"]})
+                                   cutoff="static", cutoff_options={"seconds": p["cutoff"]},
+                                   **p.get("opt", {}))
     busy = StragglerInjector(np.full((1, 1), 10 * p["cutoff"]), 0, mode=p["mode"])
     durations = []
     last = time.perf_counter()
@@ -137,7 +143,8 @@ def count_zero(p: dict) -> dict:
     """Every rank is late for one step: that step applies nothing and the cutoff widens."""
     w = torch.nn.Parameter(torch.zeros(4))
     opt = hvd.DistributedOptimizer(torch.optim.SGD([w], lr=1.0), named_parameters=[("w", w)],
-                                   cutoff="static", cutoff_options={"seconds": p["cutoff"]})
+                                   cutoff="static", cutoff_options={"seconds": p["cutoff"]},
+                                   **p.get("opt", {}))
     deltas = []
     for step in range(p["steps"]):
         before = w.detach().clone()
@@ -186,8 +193,153 @@ def death(p: dict) -> dict:
     return {"error": None}
 
 
+def grads_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.grad.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def pause(p: dict) -> dict:
+    """Every rank pauses between two steps (evaluation, a checkpoint), with or without
+    opt.paused(); a policy spy records what it was fed."""
+    rank = hvd.rank()
+    fed = []
+
+    class Spy:
+        def observe(self, times, censored):
+            fed.append(float(np.nanmax(times)))
+
+        def cutoff(self):
+            return p["cutoff"]
+
+        def config(self):
+            return {"policy": "spy", "cutoff": p["cutoff"]}
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    torch.manual_seed(1 + rank)  # different data per rank
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                   named_parameters=model.named_parameters(), cutoff=Spy())
+    digests = []
+    for step in range(p["steps"]):
+        if step == p["pause_at"]:
+            if p["use_paused"]:
+                with opt.paused():
+                    time.sleep(p["pause"])
+            else:
+                time.sleep(p["pause"])
+        opt.zero_grad()
+        model(torch.randn(8, 4)).sum().backward()
+        opt.step()
+        digests.append(grads_digest(model))
+    time.sleep(0.5)  # let the service see the last steps
+    return {"stats": opt.cutoff_stats(), "fed": fed, "grad_digests": digests,
+            "digest": params_digest(model)}
+
+
+def lag(p: dict) -> dict:
+    """The last rank stalls once for a long time (a rank-only checkpoint save, plain loop)."""
+    rank, size = hvd.rank(), hvd.size()
+    w = torch.nn.Parameter(torch.zeros(p.get("numel", 4)))
+    opt = hvd.DistributedOptimizer(torch.optim.SGD([w], lr=0.01), named_parameters=[("w", w)],
+                                   cutoff="static", cutoff_options={"seconds": p["cutoff"]},
+                                   max_lag=p["max_lag"])
+    import warnings
+    durations, caught = [], []
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("always")
+        for step in range(p["steps"]):
+            started = time.perf_counter()
+            opt.zero_grad()
+            w.sum().backward()
+            if rank == size - 1 and step == p["stall_at"]:
+                time.sleep(p["stall"])
+            opt.step()
+            durations.append(time.perf_counter() - started)
+        caught = [str(w.message) for w in log if "steps behind" in str(w.message)]
+    return {"stats": opt.cutoff_stats(), "durations": durations, "warnings": caught,
+            "w": w.detach().tolist()}
+
+
+def stop_stepping(p: dict) -> dict:
+    """The last rank stops calling step() (uneven data) while the others go on."""
+    rank, size = hvd.rank(), hvd.size()
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = hvd.DistributedOptimizer(torch.optim.SGD([w], lr=0.01), named_parameters=[("w", w)],
+                                   cutoff=p["cutoff"], cutoff_options=p.get("options"),
+                                   step_timeout=p["step_timeout"], stall_warning=p["stall_warning"])
+    import warnings
+    steps = p["steps"] - (p["fewer"] if rank == size - 1 else 0)
+    started = time.monotonic()
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("always")
+        try:
+            for _ in range(steps):
+                opt.zero_grad()
+                w.sum().backward()
+                opt.step()
+                time.sleep(0.01)
+            error = None
+        except hvd.StepStalled as err:
+            error = str(err)
+    if rank == size - 1:
+        time.sleep(p["step_timeout"] + 3)  # alive but not stepping, until the others gave up
+    stalls = [str(w.message) for w in log if "has waited" in str(w.message)]
+    return {"error": error, "seconds": time.monotonic() - started, "stall_warnings": stalls}
+
+
+def extra_optimizer(p: dict) -> dict:
+    """Rank 0 alone builds a second optimizer; the shared one must keep working."""
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = hvd.DistributedOptimizer(torch.optim.SGD([w], lr=1.0), named_parameters=[("w", w)],
+                                   cutoff="none")
+    error = None
+    if hvd.rank() == 0:
+        v = torch.nn.Parameter(torch.zeros(3))
+        extra = hvd.DistributedOptimizer(torch.optim.SGD([v], lr=1.0), named_parameters=[("v", v)],
+                                         cutoff="none", step_timeout=3, stall_warning=1)
+        v.sum().backward()
+        try:
+            extra.step()
+        except hvd.StepStalled as err:
+            error = str(err)
+    for _ in range(3):
+        opt.zero_grad()
+        w.sum().backward()
+        opt.step()
+    return {"error": error, "w": w.detach().tolist()}
+
+
+def close_one(p: dict) -> dict:
+    """The last rank closes (or drops) its optimizer while the others still step it."""
+    rank, size = hvd.rank(), hvd.size()
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = hvd.DistributedOptimizer(torch.optim.SGD([w], lr=1.0), named_parameters=[("w", w)],
+                                   cutoff="static", cutoff_options={"seconds": 0.5})
+    started = time.monotonic()
+    try:
+        for step in range(p["steps"]):
+            if rank == size - 1 and step == p["close_at"]:
+                if p["drop"]:
+                    del opt
+                    import gc
+                    gc.collect()
+                else:
+                    opt.close()
+                time.sleep(3)
+                return {"error": None}
+            opt.zero_grad()
+            w.sum().backward()
+            opt.step()
+    except RuntimeError as err:
+        return {"error": str(err), "seconds": time.monotonic() - started}
+    return {"error": None}
+
+
 SCENARIOS = {f.__name__: f for f in (identical, mean_of_contributors, none_matches_horovod,
-                                     straggler, count_zero, mismatch, death)}
+                                     straggler, count_zero, mismatch, death, pause, lag,
+                                     stop_stepping, extra_optimizer, close_one)}
 
 if __name__ == "__main__":
     scenario, outdir, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

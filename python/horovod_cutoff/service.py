@@ -1,0 +1,96 @@
+"""The coordinator's cutoff service: runs the policy on its own thread, off every rank's
+critical path (DESIGN "One step, as data", step 6).
+
+The engine hands it every completed reduction (times and censoring flags); the service feeds
+them to the policy in order and gives the engine the next cutoff whenever it has one. The
+latest answer wins; a stale one is reused; the engine falls back to waiting for all if no
+answer comes for ``watchdog_steps`` steps. A policy that raises or answers NaN, inf or <= 0
+is replaced by a fallback (waiting for every worker unless told otherwise), with one warning.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .policies import CutoffPolicy, NoCutoff
+
+# How long one wait for new observations lasts: bounds how late the thread notices stop().
+_POLL_SECONDS = 0.2
+
+
+class CutoffService:
+    """One thread on the coordinator rank that turns observed steps into cutoffs."""
+
+    def __init__(self, engine: Any, policy: CutoffPolicy,
+                 fallback: Optional[Callable[[], CutoffPolicy]] = None):
+        self.engine = engine
+        self.policy = policy
+        self._fallback = fallback or NoCutoff
+        self.failed: Optional[str] = None  # why the policy was replaced, if it was
+        self.observed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="horovod-cutoff-service",
+                                        daemon=True)
+
+    def start(self) -> "CutoffService":
+        self._answer(basis=-1)  # the policy's cutoff before any observation
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    # ---- the thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = self.engine.next_observations(_POLL_SECONDS)
+            except Exception:  # the engine was closed under us: nothing left to serve
+                return
+            last = None
+            for result in batch:
+                if result.paused:  # a pause inside the step: its times are not a sample
+                    continue
+                self._observe(result.times, result.censored)
+                last = result.step
+            if last is not None:
+                self._answer(basis=last)
+
+    def _observe(self, times: np.ndarray, censored: np.ndarray) -> None:
+        try:
+            self.policy.observe(times, censored)
+            self.observed += 1
+        except Exception as err:  # a broken policy must not stop training
+            self._fall_back(f"observe() raised {type(err).__name__}: {err}")
+
+    def _answer(self, basis: int) -> None:
+        for _ in range(3):  # the policy, its fallback, then NoCutoff, which cannot fail
+            try:
+                c = float(self.policy.cutoff())
+            except Exception as err:
+                self._fall_back(f"cutoff() raised {type(err).__name__}: {err}")
+                continue
+            if math.isnan(c) or c <= 0:
+                self._fall_back(f"cutoff() returned {c}")
+                continue
+            self.engine.set_next_cutoff(c, basis)
+            return
+
+    def _fall_back(self, why: str) -> None:
+        if self.failed is not None:  # the fallback itself failed: wait for all
+            self.policy = NoCutoff()
+            return
+        self.failed = why
+        replacement = self._fallback()
+        warnings.warn(f"horovod_cutoff: the cutoff policy failed ({why}); falling back to "
+                      f"{getattr(replacement, 'name', type(replacement).__name__)!r}",
+                      RuntimeWarning, stacklevel=2)
+        self.policy = replacement
