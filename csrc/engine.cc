@@ -158,6 +158,7 @@ struct EngineState {
   std::map<int64_t, Stored> results;
   std::deque<StepResult> observations;  // coordinator: for the cutoff service
   int64_t dropped = 0;
+  bool inject_timer_fault = false;  // tests: the timer throws at its first cut
 
   BufferPtr new_buffer(bool zero) {
     auto b = std::make_shared<Buffer>();
@@ -439,6 +440,10 @@ bool timer_pass(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mu
       s.hold = true;
       return true;
     }
+    if (s.inject_timer_fault) {
+      s.inject_timer_fault = false;
+      throw std::runtime_error("injected fault (HOROVOD_CUTOFF_INJECT_TIMER_FAULT)");
+    }
     submit_zeros(sp, lock);
     return true;
   }
@@ -504,6 +509,8 @@ Engine::Engine(const EngineConfig& config) {
   // on the timer thread, and memory stays flat however far this rank lags.
   s->zeros = s->new_buffer(/*zero=*/true);
   for (int i = 0; i <= config.max_lag; ++i) s->free_outputs.push_back(s->new_buffer(false));
+  const char* fault = std::getenv("HOROVOD_CUTOFF_INJECT_TIMER_FAULT");
+  s->inject_timer_fault = fault != nullptr && std::strcmp(fault, "1") == 0;
   s->start = Clock::now();
   s->cutoff = effective(config.first_cutoff);
   s->deadline = deadline_of(s->start, s->cutoff);

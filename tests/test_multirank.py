@@ -14,10 +14,11 @@ def contributors(stat):
     return [r for r, cut in enumerate(stat["censored"]) if not cut]
 
 
-@pytest.mark.parametrize("closure", [False, True], ids=["plain_loop", "closure"])
-def test_parameters_bit_identical_after_200_steps_with_stragglers(horovodrun, closure):
+@pytest.mark.parametrize("closure,opt", [(False, {}), (True, {}), (False, {"coordinator": 2})],
+                         ids=["plain_loop", "closure", "coordinator_2"])
+def test_parameters_bit_identical_after_200_steps_with_stragglers(horovodrun, closure, opt):
     job = horovodrun(3, "identical", steps=200, cutoff="static",
-                     options={"seconds": 0.012}, closure=closure)
+                     options={"seconds": 0.012}, closure=closure, opt=opt)
     assert job.returncode == 0, job.output[-3000:]
     digests = {job.rank(r)["digest"] for r in range(3)}
     assert len(digests) == 1, "replicas diverged"

@@ -470,3 +470,15 @@ def test_stats_window_is_bounded_by_default():
         loss_step(model, opt)
     assert [s["step"] for s in opt.cutoff_stats()] == [3, 4, 5, 6, 7]
     opt.close()
+
+
+def test_exception_on_the_timer_thread_is_an_error_not_an_abort(monkeypatch):
+    monkeypatch.setenv("HOROVOD_CUTOFF_INJECT_TIMER_FAULT", "1")
+    model, opt = make("static", cutoff_options={"seconds": 0.02})
+    loss_step(model, opt)
+    opt.zero_grad()
+    model(torch.ones(4, 3)).sum().backward()
+    time.sleep(0.1)  # the timer's cut throws: before, std::terminate ended the process
+    with pytest.raises(RuntimeError, match="deadline timer failed: injected fault"):
+        opt.step()
+    opt.close()

@@ -41,7 +41,8 @@ def identical(p: dict) -> dict:
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
                                    named_parameters=model.named_parameters(),
-                                   cutoff=p["cutoff"], cutoff_options=p.get("options"))
+                                   cutoff=p["cutoff"], cutoff_options=p.get("options"),
+                                   **p.get("opt", {}))
     rng = np.random.default_rng(7)
     trace = rng.lognormal(np.log(0.004), 0.3, size=(p["steps"], size))
     trace[:, -1] *= np.where(rng.random(p["steps"]) < 0.3, 12.0, 1.0)  # an intermittent straggler
