@@ -43,7 +43,7 @@ if ! "$VPY" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '
   "${PIP[@]}" "torch==$TORCH_VERSION"
 fi
 "${PIP[@]}" "setuptools>=64" wheel "pybind11>=2.11" "scikit-build-core>=0.10" \
-  "numpy>=1.24" "scipy>=1.10" "matplotlib>=3.7" "pytest>=7" "pytest-timeout>=2.1" \
+  "numpy>=1.24" "scipy>=1.10" "matplotlib>=3.7" "tqdm>=4.60" "pytest>=7" "pytest-timeout>=2.1" \
   "triton>=3.0" psutil cloudpickle pyyaml packaging cffi
 
 TORCH_TAG=$("$VPY" -c "import torch; print(torch.__version__.replace('+', '_'))")

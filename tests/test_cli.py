@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import subprocess
 import sys
 
@@ -99,6 +101,13 @@ def test_bench_discovers_and_runs_a_benchmark_by_id(tmp_path, monkeypatch):
     monkeypatch.setenv("HOROVOD_CUTOFF_BENCHMARKS", str(tmp_path))
     out = json.loads(cli("bench", "x9", "--quick", "--json").stdout)
     assert out["id"] == "X9" and out["value"] == 2.0 and "command" in out
+    # A file may declare its id instead of starting its name with it.
+    (tmp_path / "long_name.py").write_text(
+        "ID = 'LONG1'\n"
+        "def run(quick=False):\n"
+        "    return {'id': 'LONG1', 'value': 3, 'unit': 'u', 'target': None, 'met': True}\n")
+    out = json.loads(cli("bench", "long1", "--json").stdout)
+    assert out["id"] == "LONG1" and out["value"] == 3
     proc = cli("bench", "P99", "--json", check=False)
     assert proc.returncode == 2 and "P99" in proc.stderr
 
@@ -140,3 +149,120 @@ def test_bench_reports_machine_and_command_and_survives_a_broken_benchmark(tmp_p
     for r in lines:
         assert {"id", "value", "unit", "target", "met", "device", "command", "machine"} <= set(r)
         assert r["machine"]["cores"] >= 1 and r["command"].startswith("horovod-cutoff bench")
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("horovod-cutoff: error: "), proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr)
+
+
+@pytest.mark.parametrize("name", ["empty.npy", "empty.npz", "empty.csv"])
+def test_an_empty_trace_file_is_named(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    proc = cli("simulate", "--trace", path, "--policy", "none", "--json", check=False)
+    assert_one_line_error(proc, name, "empty")
+
+
+def test_a_truncated_npz_is_named(tmp_path):
+    whole = tmp_path / "whole.npz"
+    np.savez(whole, times=np.ones((4, 2)))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(whole.read_bytes()[:40])
+    proc = cli("simulate", "--trace", cut, "--policy", "none", "--json", check=False)
+    assert_one_line_error(proc, "cut.npz", "cannot read")
+
+
+@pytest.fixture
+def zero_trace(tmp_path):
+    rng = np.random.default_rng(1)
+    times = rng.lognormal(np.log(0.2), 0.3, size=(60, 6))
+    times[7, 2] = 0.0  # a worker with nothing to do that step: a valid time
+    return save_trace(tmp_path / "zero.npy", times)
+
+
+def test_a_zero_time_is_simulated_and_plotted(zero_trace, tmp_path):
+    out = json.loads(cli("simulate", "--trace", zero_trace, "--policy", "all", "--json").stdout)
+    for r in out:
+        assert 0 < r["ratio_to_oracle"] <= 1 + 1e-9, r
+    best = json.loads(cli("simulate", "--trace", zero_trace, "--policy", "static_hindsight",
+                          "--overhead", "0.01", "--json").stdout)
+    assert best["chosen"] > 0
+    png = tmp_path / "policies.png"
+    cli("plot", "policies", "--trace", zero_trace, "-o", png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("command", ["simulate", "plot"])
+def test_overhead_as_a_policy_parameter_points_to_the_overhead_option(trace, tmp_path, command):
+    args = (["simulate", "--trace", trace, "--policy", "adaptive", "--json"] if command == "simulate"
+            else ["plot", "cutoffs", "--trace", trace, "-o", tmp_path / "c.png"])
+    proc = cli(*args, "--param", "overhead=0.1", check=False)
+    assert_one_line_error(proc, "--overhead")
+
+
+def test_generate_too_large_is_refused_before_allocating(tmp_path):
+    out = tmp_path / "big.npy"
+    proc = cli("generate", "iid", "--workers", 1_000_000, "--steps", 1_000_000, "-o", out,
+               check=False)
+    assert_one_line_error(proc, "1000000 steps x 1000000 workers", "memory")
+    assert not out.exists()
+
+
+def test_an_unknown_policy_lists_every_choice(trace, tmp_path):
+    proc = cli("simulate", "--trace", trace, "--policy", "nonsense", "--json", check=False)
+    assert_one_line_error(proc, "nonsense")
+    for name in ("none", "static", "backup", "elfving", "adaptive", "static_hindsight",
+                 "backup_hindsight", "oracle", "all"):
+        assert re.search(rf"\b{name}\b", proc.stderr), name
+    proc = cli("plot", "cutoffs", "--trace", trace, "--policy", "nonsense", "-o",
+               tmp_path / "x.png", check=False)
+    assert_one_line_error(proc, "nonsense", "adaptive", "recorded")
+
+
+def test_backup_of_every_worker_is_an_error_not_a_clamp(trace):
+    proc = cli("simulate", "--trace", trace, "--policy", "backup", "--param", "backup=8",
+               "--json", check=False)
+    assert_one_line_error(proc, "backup", "(8)")
+
+
+class FakeTerminal(io.StringIO):
+    """A stderr that says it is a terminal, so that progress bars draw into it."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("kind", ["simulate", "plot"])
+def test_progress_bars_go_to_stderr_and_stdout_stays_clean(trace, tmp_path, capsys,
+                                                           monkeypatch, kind):
+    from horovod_cutoff import cli as command_line
+    from horovod_cutoff import sim
+
+    monkeypatch.setattr(sim, "PROGRESS_DELAY", 0.0)  # draw at once, however short the work
+    monkeypatch.setattr(sim, "PROGRESS_BLOCK", 1)
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    png = tmp_path / "p.png"
+    args = (["simulate", "--trace", str(trace), "--policy", "all", "--json"] if kind == "simulate"
+            else ["plot", "policies", "--trace", str(trace), "-o", str(png)])
+    assert command_line.main(args) == 0
+    out = capsys.readouterr().out
+    if kind == "simulate":
+        assert [r["policy"] for r in json.loads(out)] == sim.policy_names()
+    else:
+        assert out == f"wrote {png}\n"
+    drawn = terminal.getvalue()
+    assert "policies" in drawn and "replay adaptive" in drawn
+
+
+def test_simulate_all_can_leave_a_policy_out(trace):
+    out = json.loads(cli("simulate", "--trace", trace, "--policy", "all", "--exclude", "predictive",
+                         "--json").stdout)
+    names = [r["policy"] for r in out]
+    assert "predictive" not in names and "adaptive" in names and "oracle" in names
+    bad = cli("simulate", "--trace", trace, "--policy", "all", "--exclude", "bogus", check=False)
+    assert bad.returncode == 2 and "exclude" in bad.stderr

@@ -26,8 +26,16 @@ def feed(policy, rows, cutoff=None):
 
 @pytest.mark.parametrize("name", ONLINE)
 def test_single_worker(name):
-    c = feed(build_policy(name, 0.01), [[0.2]] * 10)
+    params = {"backup": 0} if name == "backup" else {}  # one worker leaves none to spare
+    c = feed(build_policy(name, 0.01, **params), [[0.2]] * 10)
     assert c > 0 and not math.isnan(c)
+
+
+@pytest.mark.parametrize("backup", [4, 5])
+def test_backup_of_every_worker_is_refused_naming_backup_and_the_worker_count(backup):
+    policy = make_policy("backup", backup=backup)
+    with pytest.raises(ValueError, match=rf"backup.*\(4\).*backup={backup}"):
+        policy.observe(np.full(4, 0.2), np.zeros(4, dtype=bool))
 
 
 @pytest.mark.parametrize("name", ONLINE)
@@ -45,15 +53,27 @@ def test_absent_workers_are_ignored(name):
     assert c > 0 and not math.isnan(c)
 
 
-@pytest.mark.parametrize("name", ["static", "backup", "elfving", "adaptive"])
-def test_all_censored_step_widens_the_cutoff(name):
-    policy = build_policy(name, 0.01)
-    feed(policy, [[0.2, 0.21, 0.22, 0.5]] * 20)
-    before = policy.cutoff()
+@pytest.mark.parametrize("name,params", [("backup", {"backup": 1, "window": 1}),
+                                         ("elfving", {}), ("adaptive", {})])
+def test_a_step_nobody_made_leaves_the_policy_as_it_was(name, params):
+    """The next step waits for everyone (base.cutoff_after_empty_step): no policy widens."""
+    rows = [[0.2, 0.21, 0.22, 0.5]] * 20
+    seen, unseen = build_policy(name, 0.01, **params), build_policy(name, 0.01, **params)
+    feed(seen, rows)
+    feed(unseen, rows)
+    before = seen.cutoff()
     assert math.isfinite(before)
-    c = 0.5 * before
-    policy.observe(np.full(4, c), np.ones(4, dtype=bool))
-    assert policy.cutoff() > c
+    seen.observe(np.full(4, 0.25 * before), np.ones(4, dtype=bool))
+    assert seen.cutoff() == before
+    more = [[0.25, 0.2, 0.3, 0.6], [0.2, 0.2, 0.2, 0.2]] * 3
+    assert feed(seen, more) == feed(unseen, more)
+
+
+def test_static_quantile_widens_when_its_quantile_falls_among_cut_workers():
+    """Its own rule (cut workers count as +inf), not the one for a step nobody made."""
+    policy = make_policy("static", quantile=0.9, window=1)
+    policy.observe(np.array([0.3, 0.3, 0.3]), np.ones(3, dtype=bool))
+    assert policy.cutoff() == pytest.approx(0.6)
 
 
 def test_none_always_waits():

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ def _parse_params(pairs: List[str]) -> Dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise CommandError(f"--param must look like name=value, got {pair!r}")
+        if key == "overhead":
+            raise CommandError(f"overhead is set with --overhead, not --param {pair}")
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -45,26 +48,36 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def _check_policy(name: str, allowed: List[str]) -> None:
+    if name not in allowed:
+        raise CommandError(f"--policy must be one of {', '.join(allowed)}; got {name!r}")
+
+
 def cmd_simulate(args) -> int:
-    from .sim import simulate, simulate_all
+    from .sim import policy_names, simulate, simulate_all
     from .traces import load_trace
 
+    _check_policy(args.policy, policy_names() + ["all"])
+    params = _parse_params(args.param)
     times, censored = load_trace(args.trace, with_censoring=True)
     if censored.any():
         # A recorded trace knows a cut worker's time only as "beyond the cutoff".
         print(f"horovod-cutoff: warning: {args.trace}: {censored.mean():.1%} of times are "
               "censored (lower bounds); the replay takes them as exact", file=sys.stderr)
-    if args.model is not None:
-        if args.policy != "predictive":
-            raise CommandError("--model only applies to --policy predictive")
-        args.param = (args.param or []) + [f"model={args.model}"]
+    if args.exclude and args.policy != "all":
+        raise CommandError("--exclude only applies to --policy all")
+    if args.model is not None and args.policy != "predictive":
+        raise CommandError("--model only applies to --policy predictive")
     if args.policy == "all":
         if args.param:
             raise CommandError("--param needs a single --policy, not 'all'")
-        results = simulate_all(times, args.overhead, args.warmup, args.carry_lag, args.lag)
+        results = simulate_all(times, args.overhead, args.warmup, args.carry_lag, args.lag,
+                               progress=True, exclude=args.exclude or ())
     else:
+        if args.model is not None:
+            params["model"] = args.model
         results = [simulate(times, args.policy, args.overhead, args.warmup, args.carry_lag,
-                            args.lag, params=_parse_params(args.param))]
+                            args.lag, params=params, progress=True)]
     if args.json:
         out = results if args.policy == "all" else results[0]
         print(json.dumps(_json_safe(out)))
@@ -89,21 +102,26 @@ def cmd_generate(args) -> int:
 
 def cmd_plot(args) -> int:
     from . import plots
+    from .policies import POLICIES
     from .sim import build_policy, replay, simulate_all
     from .traces import load_trace
 
+    params = _parse_params(args.param)
+    if args.kind != "policies":
+        _check_policy(args.policy, list(POLICIES) + ["recorded"])
     times = load_trace(args.trace)
     if args.kind == "policies":
-        results = simulate_all(times, args.overhead, args.warmup)
+        results = simulate_all(times, args.overhead, args.warmup, progress=True)
         path = plots.plot_policies(args.output, results, title=Path(args.trace).name)
     else:
         censored = None
         if args.policy == "recorded":
             cutoffs, censored = _recorded(args.trace, times)
         else:
-            policy = build_policy(args.policy, args.overhead, **_parse_params(args.param))
-            trail = replay(times, policy, args.overhead, record=True)["trail"]
-            # The cutoff each row finally ran under (a replayed row keeps its last try).
+            policy = build_policy(args.policy, args.overhead, **params)
+            trail = replay(times, policy, args.overhead, record=True, progress=True)["trail"]
+            # The cutoff each row finally ran under (a replayed row keeps its last try: inf,
+            # waiting for everyone, after a try nobody made).
             cutoffs = np.full(times.shape[0], np.nan)
             cutoffs[trail[:, 0].astype(int)] = trail[:, 1]
         title = f"{Path(args.trace).name}: {args.policy}"
@@ -133,13 +151,23 @@ def _recorded(trace: str, times: np.ndarray) -> tuple:
     return cutoffs, load_trace(trace, with_censoring=True)[1]
 
 
+def cmd_train(args) -> int:
+    from .model.train import main as train_main
+
+    return train_main(args.train_args) or 0
+
+
 def benchmarks_dir() -> Path:
     env = os.environ.get("HOROVOD_CUTOFF_BENCHMARKS")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "benchmarks"
 
 
+_DECLARED_ID = re.compile(r"""^ID\s*=\s*["']([A-Za-z][A-Za-z0-9]*)["']""", re.MULTILINE)
+
+
 def discover_benchmarks() -> Dict[str, Path]:
-    """Benchmark id (e.g. "P3") -> file, from benchmarks/<id>_<name>.py."""
+    """Benchmark id (e.g. "P3") -> file: the file's own top-level ``ID = "..."`` if it declares
+    one, else the head of its name, benchmarks/<id>_<name>.py. Files are read, not imported."""
     found = {}
     folder = benchmarks_dir()
     if not folder.is_dir():
@@ -148,7 +176,8 @@ def discover_benchmarks() -> Dict[str, Path]:
         head = path.stem.split("_", 1)[0]
         if path.stem.startswith("_") or not head[:1].isalpha():
             continue
-        found.setdefault(head.upper(), path)
+        declared = _DECLARED_ID.search(path.read_text(errors="replace"))
+        found.setdefault((declared.group(1) if declared else head).upper(), path)
     return found
 
 
@@ -223,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="steps between the data a cutoff is chosen from and its use (live: 1)")
     sim.add_argument("--param", action="append", metavar="NAME=VALUE", help="policy parameter")
     sim.add_argument("--model", help="a saved model for --policy predictive")
+    sim.add_argument("--exclude", action="append", metavar="POLICY",
+                     help="with --policy all: leave this policy out (e.g. predictive on a long "
+                          "trace: its reference inference costs milliseconds a step)")
     sim.add_argument("--json", action="store_true", help="print JSON")
     sim.set_defaults(run=cmd_simulate)
 
@@ -245,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", required=True, help="PNG path")
     plot.set_defaults(run=cmd_plot)
 
+    train = sub.add_parser("train", add_help=False,
+                           help="pretrain the predictive policy's model (train --help for options)")
+    train.add_argument("train_args", nargs=argparse.REMAINDER)
+    train.set_defaults(run=cmd_train)
+
     bench = sub.add_parser("bench", help="run the benchmarks behind the targets")
     bench.add_argument("ids", nargs="*", help="e.g. P1 P5 (default: all)")
     bench.add_argument("--quick", action="store_true", help="a smaller run, for CI")
@@ -254,12 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # its own parser (options, --help) lives with the model
+        argv = ["train", "--"] + argv[1:]
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except (CommandError, ValueError, OSError) as err:
         # ValueError covers TraceError and policies' argument errors: one line, no traceback.
         print(f"horovod-cutoff: error: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"horovod-cutoff: error: {args.command}: out of memory (try a smaller trace)",
+              file=sys.stderr)
         return 2
 
 

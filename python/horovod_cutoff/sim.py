@@ -2,33 +2,70 @@
 
 Replay rules: row t holds every worker's time for step t; a step lasts min(c, max x) + o and
 yields #{x <= c}; cut workers start the next step on time (the closure form). A step nobody
-makes costs c + o, yields nothing, and the same row is replayed under a cutoff at least
-twice as wide (what the live engine does). Policies see what they would see live: the
-times of contributors, and the cutoff, flagged censored, for the rest. ``carry_lag`` models
-the plain loop instead: a cut worker's unfinished time carries into its next step.
+makes costs c + o, yields nothing, and the same row is replayed once more waiting for every
+worker (policies.base.cutoff_after_empty_step, the live engine's rule too); the policy's
+cutoff applies again from the next row. Policies see what they would see live: the times of
+contributors, and the cutoff, flagged censored, for the rest. ``carry_lag`` models the plain
+loop instead: a cut worker's unfinished time carries into its next step.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .policies import POLICIES, make_policy
-from .policies.base import non_negative_seconds
-from .policies.oracle import backup_hindsight, fixed_cutoff_cost, oracle, static_hindsight
+from .policies.base import cutoff_after_empty_step, non_negative_seconds
+from .policies.oracle import (
+    Yardstick,
+    backup_hindsight,
+    fixed_cutoff_cost,
+    oracle,
+    static_hindsight,
+)
 
 # Parameters the online baselines run with when none are given (e.g. under --policy all).
 DEFAULT_PARAMS: Dict[str, Dict[str, Any]] = {"static": {"quantile": 0.9}, "backup": {"backup": 1}}
-# A policy that never widens after a step nobody made would replay that row forever.
-MAX_REPLAYS = 60
+# Whole-trace yardsticks simulate() accepts besides the registered policies.
+YARDSTICKS = ("static_hindsight", "backup_hindsight", "oracle")
+# Progress bars (stderr only) appear once a piece of work has run this many seconds.
+PROGRESS_DELAY = 2.0
+# A replay's bar advances in blocks of rows: per-row updates would cost more than a fast step.
+PROGRESS_BLOCK = 512
 
 
-def build_policy(name: str, overhead: float, **params: Any):
+def policy_names() -> List[str]:
+    """Every name simulate() accepts: the registered policies, then the yardsticks."""
+    return list(POLICIES) + list(YARDSTICKS)
+
+
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "it"):
+    """A tqdm bar on stderr, never stdout (which may carry JSON): shown only when enabled,
+    stderr is a terminal, and the work has already run PROGRESS_DELAY seconds."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
+                disable=None if enabled else True, delay=PROGRESS_DELAY, mininterval=0.5)
+
+
+def default_params(name: str, workers: int) -> Dict[str, Any]:
+    """The parameters ``name`` runs with when given none, for a trace of ``workers``."""
+    params = dict(DEFAULT_PARAMS.get(name, {}))
+    if "backup" in params:  # backup workers must leave someone to wait for
+        params["backup"] = min(params["backup"], workers - 1)
+    return params
+
+
+def build_policy(name: str, overhead: float, /, **params: Any):
     """A registered policy with its default parameters, told the overhead if it takes one."""
+    if "overhead" in params:
+        raise ValueError("overhead is set once for the whole simulation (--overhead on the "
+                         "command line), not as a policy parameter")
     # The defaults stand in only for a policy given no parameters at all.
     merged = dict(params) if params else dict(DEFAULT_PARAMS.get(name, {}))
     factory = POLICIES.get(name)
@@ -38,8 +75,12 @@ def build_policy(name: str, overhead: float, **params: Any):
 
 
 def replay(times: np.ndarray, policy, overhead: float = 0.0, warmup: int = 0,
-           carry_lag: bool = False, lag: int = 0, record: bool = False) -> Dict[str, Any]:
-    """Replays ``times`` [T, N] under ``policy``; returns totals over rows >= warmup."""
+           carry_lag: bool = False, lag: int = 0, record: bool = False,
+           progress: bool = False) -> Dict[str, Any]:
+    """Replays ``times`` [T, N] under ``policy``; returns totals over rows >= warmup.
+
+    ``progress`` shows a bar of rows replayed on stderr for a replay that takes a while.
+    """
     overhead = non_negative_seconds(overhead, "overhead")
     if warmup < 0 or warmup >= times.shape[0]:
         raise ValueError(f"warmup must lie in [0, {times.shape[0]}) steps, got {warmup}")
@@ -53,55 +94,55 @@ def replay(times: np.ndarray, policy, overhead: float = 0.0, warmup: int = 0,
     decisions = [float(policy.cutoff())]  # decisions[e]: made after observing e executions
     carry = np.zeros(N)
     gradients = seconds = 0.0
-    executions = zero_steps = replays = 0
-    last_cutoff, widen = math.inf, False
+    executions = zero_steps = 0
+    after_empty = False  # the previous execution was a step nobody made
     trail: List[tuple] = []
+    bar = progress_bar(T, f"replay {getattr(policy, 'name', type(policy).__name__)}",
+                       progress, unit="step")
     started = time.perf_counter()
     t = e = 0
-    while t < T:
-        c = decisions[max(0, e - lag)]
-        if not (c > 0) or math.isnan(c):  # a failing policy: wait for all, as live does
-            c = math.inf
-        if widen:
-            c = max(c, 2.0 * last_cutoff)
-        x = times[t] + carry if carry_lag else times[t]
-        present = ~np.isnan(x)
-        q = quorum() if quorum is not None else None
-        if q is not None:
-            arrived = np.sort(x[present])
-            c = float(arrived[min(max(int(q), 1), arrived.size) - 1])
-        made = present & (x <= c)
-        k = int(made.sum())
-        if k == 0:
-            duration = c + overhead
-            observed = np.where(present, c, np.nan)
-            cut = present.copy()
-            widen, replays = True, replays + 1
-            if replays > MAX_REPLAYS:
-                raise RuntimeError(f"policy {getattr(policy, 'name', policy)!r} left step {t} "
-                                   f"with no contributor {MAX_REPLAYS} times in a row")
-            if carry_lag:  # still working on the same step: the replay sees what remains
-                carry = np.where(present, np.maximum(x - duration, 0.0) - times[t], 0.0)
-        else:
-            duration = min(c, float(np.max(x[present]))) + overhead
-            observed = np.where(made, x, np.where(present, c, np.nan))
-            cut = present & ~made
-            widen, replays = False, 0
-            if carry_lag:
-                carry = np.where(cut, np.maximum(x - duration, 0.0), 0.0)
-        last_cutoff = c
-        policy.observe(observed, cut)
-        decisions.append(float(policy.cutoff()))
-        if t >= warmup:
-            gradients += k
-            seconds += duration
-            executions += 1
-            zero_steps += k == 0
-        if record:
-            trail.append((t, c, k, duration))
-        if k > 0:
-            t += 1
-        e += 1
+    with bar:  # closed (and erased) however the replay ends
+        while t < T:
+            c = decisions[max(0, e - lag)]
+            if not (c > 0) or math.isnan(c):  # a failing policy: wait for all, as live does
+                c = math.inf
+            x = times[t] + carry if carry_lag else times[t]
+            present = ~np.isnan(x)
+            q = quorum() if quorum is not None and not after_empty else None
+            if after_empty:
+                c = cutoff_after_empty_step(c)
+            elif q is not None:
+                arrived = np.sort(x[present])
+                c = float(arrived[min(max(int(q), 1), arrived.size) - 1])
+            made = present & (x <= c)
+            k = int(made.sum())
+            if k == 0:
+                duration = c + overhead
+                observed = np.where(present, c, np.nan)
+                cut = present.copy()
+                if carry_lag:  # still working on the same step: the replay sees what remains
+                    carry = np.where(present, np.maximum(x - duration, 0.0) - times[t], 0.0)
+            else:
+                duration = min(c, float(np.max(x[present]))) + overhead
+                observed = np.where(made, x, np.where(present, c, np.nan))
+                cut = present & ~made
+                if carry_lag:
+                    carry = np.where(cut, np.maximum(x - duration, 0.0), 0.0)
+            after_empty = k == 0
+            policy.observe(observed, cut)
+            decisions.append(float(policy.cutoff()))
+            if t >= warmup:
+                gradients += k
+                seconds += duration
+                executions += 1
+                zero_steps += k == 0
+            if record:
+                trail.append((t, c, k, duration))
+            if k > 0:
+                t += 1
+                if t % PROGRESS_BLOCK == 0:
+                    bar.update(PROGRESS_BLOCK)
+            e += 1
     elapsed = time.perf_counter() - started
     result = {
         "gradients": gradients, "seconds": seconds, "steps": executions, "zero_steps": zero_steps,
@@ -132,29 +173,38 @@ def _replay_fixed(times: np.ndarray, cutoff: float, overhead: float,
 
 def simulate(times: np.ndarray, policy_name: str, overhead: float = 0.0, warmup: int = 0,
              carry_lag: bool = False, lag: int = 0, params: Optional[Dict[str, Any]] = None,
-             policy=None) -> Dict[str, Any]:
-    """One policy's JSON object (DESIGN's keys), measured against the oracle."""
+             policy=None, best: Optional[Yardstick] = None,
+             progress: bool = False) -> Dict[str, Any]:
+    """One policy's JSON object (DESIGN's keys), measured against the oracle.
+
+    ``best`` is the oracle of ``times[warmup:]`` at this overhead when the caller has it
+    already (simulate_all computes it once per trace); otherwise it is computed here.
+    """
     if not 0 <= warmup < times.shape[0]:
         raise ValueError(f"warmup must lie in [0, {times.shape[0]}) steps, got {warmup}")
+    if policy is None and policy_name not in policy_names():
+        raise ValueError(f"policy must be one of {policy_names()}, got {policy_name!r}")
     overhead = non_negative_seconds(overhead, "overhead")
     measured = times[warmup:]
-    best = oracle(measured, overhead)
-    if policy_name in ("oracle", "static_hindsight", "backup_hindsight"):
+    if best is None:
+        best = oracle(measured, overhead)
+    if policy_name in YARDSTICKS:
         if params:
             raise ValueError(f"policy {policy_name!r} takes no parameters")
         stick = {"oracle": lambda: best, "static_hindsight": static_hindsight,
                  "backup_hindsight": backup_hindsight}[policy_name]
         y = stick() if policy_name == "oracle" else stick(measured, overhead)
         out = {"gradients": y.gradients, "seconds": y.seconds, "steps": y.steps,
-               "zero_steps": 0, "gradients_per_second": y.rate,
+               "zero_steps": y.steps - measured.shape[0], "gradients_per_second": y.rate,
                "mean_contributors": y.gradients / y.steps, "mean_step_seconds": y.seconds / y.steps,
                "replay_seconds": 0.0}
         if policy_name != "oracle":
             out["chosen"] = y.parameter
     else:
         if policy is None:
-            policy = build_policy(policy_name, overhead, **(params or {}))
-        out = replay(times, policy, overhead, warmup, carry_lag, lag)
+            params = params or default_params(policy_name, times.shape[1])
+            policy = build_policy(policy_name, overhead, **params)
+        out = replay(times, policy, overhead, warmup, carry_lag, lag, progress=progress)
     rate = out["gradients_per_second"]
     return {"policy": policy_name, **out, "oracle_gradients_per_second": best.rate,
             "ratio_to_oracle": rate / best.rate if best.rate > 0 else 0.0,
@@ -162,6 +212,26 @@ def simulate(times: np.ndarray, policy_name: str, overhead: float = 0.0, warmup:
 
 
 def simulate_all(times: np.ndarray, overhead: float = 0.0, warmup: int = 0,
-                 carry_lag: bool = False, lag: int = 0) -> List[Dict[str, Any]]:
-    names = list(POLICIES) + ["static_hindsight", "backup_hindsight", "oracle"]
-    return [simulate(times, n, overhead, warmup, carry_lag, lag) for n in names]
+                 carry_lag: bool = False, lag: int = 0, progress: bool = False,
+                 exclude: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """simulate() for every registered policy and yardstick but those in ``exclude``, against
+    one oracle computed once; ``progress`` ticks a stderr bar per policy (and per row inside
+    long replays)."""
+    if not 0 <= warmup < times.shape[0]:
+        raise ValueError(f"warmup must lie in [0, {times.shape[0]}) steps, got {warmup}")
+    overhead = non_negative_seconds(overhead, "overhead")
+    unknown = sorted(set(exclude) - set(policy_names()))
+    if unknown:
+        raise ValueError(f"exclude: unknown policies {unknown}; choose from {policy_names()}")
+    names = [n for n in policy_names() if n not in set(exclude)]
+    results = []
+    with progress_bar(len(names) + 1, "policies", progress, unit="policy") as bar:
+        bar.set_postfix_str("oracle")
+        best = oracle(times[warmup:], overhead)
+        bar.update()
+        for name in names:
+            bar.set_postfix_str(name)
+            results.append(simulate(times, name, overhead, warmup, carry_lag, lag, best=best,
+                                    progress=progress))
+            bar.update()
+    return results

@@ -54,3 +54,7 @@ def make_policy(spec: Any, **params: Any) -> CutoffPolicy:
 
 __all__ = ["CutoffPolicy", "Policy", "POLICIES", "register", "make_policy", "check_step",
            "NoCutoff", "StaticCutoff", "BackupWorkers", "Elfving", "AdaptiveLogNormal"]
+
+from .predictive import Predictive  # noqa: E402  (registered after the baselines it falls back to)
+
+register("predictive", Predictive)

@@ -7,7 +7,8 @@ ratio sum_n P(x_n <= c) / (c + o), found in closed form per candidate (no sampli
 maximised to within 1e-6 of the objective (lognormal.best_cutoff). Censoring: a cut worker's
 log time enters the update as E[log x | log x > log c] under its current predictive (one
 EM-style imputation), never as the cutoff itself, which would teach the policy that a slow
-worker is fast. A step nobody made sets the cutoff to twice the last one.
+worker is fast. A step nobody made teaches it nothing but lower bounds: it keeps its state
+(the next step waits for every worker anyway, base.cutoff_after_empty_step).
 
 It is the bar the learned model must clear: it adapts to slow nodes and drifts, but knows
 nothing of regimes, correlations or periodicity. (Targeting the long-run rate instead, with
@@ -47,7 +48,7 @@ class AdaptiveLogNormal(Policy):
     def observe(self, times: np.ndarray, censored: np.ndarray) -> None:
         times, censored = check_step(times, censored)
         present = ~np.isnan(times)
-        if not present.any():
+        if not (present & ~censored).any():  # nobody made it (or nobody was there): keep state
             return
         log_t = np.log(np.maximum(times, 1e-9))
         if self.mu is None or self.mu.shape != times.shape:
@@ -65,10 +66,7 @@ class AdaptiveLogNormal(Policy):
             self.mu = self.mu + a * delta
             self.var = np.where(present, (1 - a) * (self.var + a * delta**2), self.var)
         self.seen += 1
-        if censored[present].all():
-            # Nobody made it: widen instead of trusting imputed times.
-            self._cutoff = 2.0 * float(np.nanmax(times))
-        elif self.seen >= self.warmup:
+        if self.seen >= self.warmup:
             sd = np.maximum(np.sqrt(self.var), MIN_SD)
             self._cutoff = best_cutoff(self.mu[present], sd[present], self.overhead)
 

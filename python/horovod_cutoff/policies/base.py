@@ -14,6 +14,20 @@ from typing import Optional, Protocol, runtime_checkable
 import numpy as np
 
 
+def cutoff_after_empty_step(previous: float) -> float:
+    """The cutoff of the execution that follows a step nobody made (count 0): wait for every
+    worker, whatever ``previous`` (the cutoff nobody made) was.
+
+    One rule, one owner. A policy that cut everyone has just learned only lower bounds, so
+    the next execution waits for all and shows it every worker's true time; the policy's own
+    cutoff applies again from the execution after that. The simulator (sim.replay and
+    oracle.fixed_cutoff_cost) calls this; the live engine (csrc/engine.cc) applies the same
+    rule. A policy therefore needs no widening of its own for a step nobody made: on an
+    all-censored observation it may simply keep its state.
+    """
+    return math.inf
+
+
 @runtime_checkable
 class CutoffPolicy(Protocol):
     """What the live optimizer and the simulator call; any object with these methods plugs in."""

@@ -7,7 +7,8 @@ constructor argument, 0 by default (the paper's k / E[x_(k)]); the simulator pas
 ``--overhead``. The cutoff is E[x_(k*)] (a step can only end at a time live). Cut workers'
 times enter the fit as their expected value beyond the cutoff under the current fit
 (E[x | x > c]), not as the cutoff, which would bias the fit towards short times. A step
-nobody made sets the cutoff to twice the last one.
+nobody made leaves the fit as it was (the next step waits for every worker anyway,
+base.cutoff_after_empty_step).
 """
 
 from __future__ import annotations
@@ -36,13 +37,9 @@ class Elfving(Policy):
     def observe(self, times: np.ndarray, censored: np.ndarray) -> None:
         times, censored = check_step(times, censored)
         present = ~np.isnan(times)
-        if not present.any():
+        if not (present & ~censored).any():  # nobody made it (or nobody was there): keep state
             return
         self.workers = int(present.sum())
-        if censored[present].all():
-            self._cutoff = 2.0 * float(np.nanmax(times))
-            self.window.append(np.full(self.workers, 2.0 * float(np.nanmax(times))))
-            return
         x, cut = times[present], censored[present]
         if cut.any() and self.window:
             mu, sd = self._fit()

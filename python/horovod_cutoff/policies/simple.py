@@ -10,8 +10,10 @@ import numpy as np
 
 from .base import Policy, check_step, positive_seconds
 
-# A cut step tells us only that the quantity we track lies beyond the cutoff; we widen by
-# this factor so that a too-tight cutoff recovers in a few steps rather than starving.
+# A cut worker tells us only that the quantity we track lies beyond the cutoff; where that
+# quantity decides the cutoff, we widen by this factor so that a too-tight cutoff recovers
+# in a few steps rather than starving. (A step nobody made needs none of this: the next
+# execution waits for every worker, base.cutoff_after_empty_step.)
 WIDEN = 2.0
 
 
@@ -87,8 +89,9 @@ class BackupWorkers(Policy):
     """Chen et al. 2016: end the step once the first N-b workers are done.
 
     The simulator applies the quorum exactly. Live, a step can only end at a time, so the
-    cutoff tracks the median of the recent (N-b)-th arrival times; a step where fewer than
-    N-b arrived widens it.
+    cutoff tracks the median of the recent (N-b)-th arrival times; a step where some, but
+    fewer than N-b, arrived widens it (the (N-b)-th arrival lies beyond the cutoff). A step
+    nobody made leaves it as it was. ``backup`` must be smaller than the number of workers.
     """
 
     name = "backup"
@@ -108,14 +111,22 @@ class BackupWorkers(Policy):
             return None
         return max(1, self.workers - self.backup)
 
+    def check_workers(self, workers: int) -> None:
+        """ValueError naming ``backup`` unless it leaves at least one of ``workers`` to wait for
+        (the live optimizer calls this at construction)."""
+        if self.backup >= workers:
+            raise ValueError(f"backup must be smaller than the number of workers ({workers}): "
+                             f"with backup={self.backup} no worker would be waited for")
+
     def observe(self, times: np.ndarray, censored: np.ndarray) -> None:
         times, censored = check_step(times, censored)
+        self.check_workers(times.size)
         present = ~np.isnan(times)
+        done = np.sort(times[present & ~censored])
+        if done.size == 0:  # nobody made it: keep the state (the next step waits for all)
+            return
         self.workers = int(present.sum())
         k = self.quorum()
-        done = np.sort(times[present & ~censored])
-        if k is None or k == 0:
-            return
         if done.size >= k:
             self.arrivals.append(float(done[k - 1]))
         else:

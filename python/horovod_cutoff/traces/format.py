@@ -8,6 +8,7 @@ cutoff, not a finish (what a live recording of a cut worker knows).
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -47,11 +48,16 @@ def load_trace(path: PathLike, with_censoring: bool = False):
     path = Path(path)
     if not path.exists():
         raise TraceError(f"{path}: no such trace file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise TraceError(f"{path}: trace file is empty (no data)")
     censored: Optional[np.ndarray] = None
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
             raw = np.load(path, allow_pickle=False)
+            if not isinstance(raw, np.ndarray):  # an .npz archive under a .npy name
+                raw.close()
+                raise TraceError(f"{path}: not a .npy array (an .npz archive? name it .npz)")
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 if "times" not in data:
@@ -66,7 +72,9 @@ def load_trace(path: PathLike, with_censoring: bool = False):
             raise TraceError(f"{path}: unknown trace format {suffix!r} (use .npy, .npz or .csv)")
     except TraceError:
         raise
-    except (OSError, ValueError) as err:
+    except EOFError:  # np.load on a file with a header but no data
+        raise TraceError(f"{path}: trace file is empty or truncated (no data)") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise TraceError(f"{path}: cannot read trace: {err}") from None
     if raw.dtype.kind not in "fiub":
         raise TraceError(f"{path}: times are not numeric (dtype {raw.dtype})")

@@ -6,7 +6,8 @@ Each scenario is one function ``(workers, steps, rng) -> times`` documented in o
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+import os
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -15,6 +16,8 @@ from .format import validate
 BASE = 0.2     # median step time of a healthy worker, seconds
 JITTER = 0.12  # log-normal sigma of step-to-step noise
 MAX_STALL = 50.0  # cap on a Pareto stall's slowdown: alpha 1.5 alone can draw hour-long steps
+# A scenario holds about this many [steps, workers] float64 arrays at once (draws, masks, factors).
+WORKING_COPIES = 5
 
 
 def _base(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
@@ -132,5 +135,25 @@ def generate(scenario: str, workers: int, steps: int, seed: int = 0) -> np.ndarr
         raise ValueError(f"workers must be a positive number, got {workers}")
     if int(steps) < 1:
         raise ValueError(f"steps must be a positive number, got {steps}")
+    _check_size(scenario, int(workers), int(steps))
     rng = np.random.default_rng(int(seed))
     return validate(SCENARIOS[scenario](int(workers), int(steps), rng), f"scenario {scenario}")
+
+
+def _physical_memory() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system: no check
+        return None
+
+
+def _check_size(scenario: str, workers: int, steps: int) -> None:
+    """ValueError, before any allocation, for a trace this machine cannot hold while making it."""
+    need = WORKING_COPIES * 8 * workers * steps
+    memory = _physical_memory()
+    if memory is not None and need > memory:
+        raise ValueError(
+            f"scenario {scenario}: {steps} steps x {workers} workers is {workers * steps:.3g} "
+            f"times ({8 * workers * steps / 2**30:.3g} GiB as float64); generating it needs "
+            f"about {need / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.3g} GiB "
+            "of memory: use fewer --steps or --workers")
