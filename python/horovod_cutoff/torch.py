@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-import math
+import inspect
 import warnings
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
@@ -17,6 +17,7 @@ from horovod.torch import *  # noqa: F401,F403  (the drop-in promise: everything
 from horovod.torch import Average, Compression, global_process_set
 
 from .policies import make_policy
+from .policies.base import positive_seconds
 from .reduce import (  # noqa: F401  (part of the API: what step() may raise)
     CutoffConfigMismatch,
     PartialReduction,
@@ -154,12 +155,12 @@ def DistributedOptimizer(
     which every step waits for all.
     """
     if cutoff is None:
-        given = {"cutoff_options": cutoff_options is not None, "step_timeout": step_timeout != 600.0,
-                 "stall_warning": stall_warning != 60.0, "max_lag": max_lag != 2,
-                 "coordinator": coordinator != 0, "stats_window": stats_window != 1000,
-                 "watchdog_steps": watchdog_steps != 100}
-        for argument, set_ in given.items():
-            if set_:
+        given = dict(cutoff_options=cutoff_options, step_timeout=step_timeout,
+                     stall_warning=stall_warning, max_lag=max_lag, coordinator=coordinator,
+                     stats_window=stats_window, watchdog_steps=watchdog_steps)
+        defaults = inspect.signature(DistributedOptimizer).parameters
+        for argument, value in given.items():
+            if value != defaults[argument].default:
                 raise ValueError(f"{argument} needs cutoff= (without it this is Horovod's own optimizer)")
         return _hvd.DistributedOptimizer(
             optimizer, named_parameters=named_parameters, compression=compression,
@@ -184,8 +185,8 @@ def DistributedOptimizer(
         raise ValueError("cutoff_options must be a dict of the policy's keyword arguments")
     size = _hvd.size()
     engine_options = dict(
-        step_timeout=None if step_timeout is None else _positive(step_timeout, "step_timeout"),
-        stall_warning=_positive(stall_warning, "stall_warning"),
+        step_timeout=None if step_timeout is None else positive_seconds(step_timeout, "step_timeout"),
+        stall_warning=positive_seconds(stall_warning, "stall_warning"),
         max_lag=_count(max_lag, "max_lag", 1),
         coordinator=_count(coordinator, "coordinator", 0),
         stats_window=None if stats_window is None else _count(stats_window, "stats_window", 1),
@@ -201,16 +202,6 @@ def DistributedOptimizer(
     config = policy.config() if hasattr(policy, "config") else {"policy": type(policy).__name__}
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,), dict(_MIXIN))
     return cls(optimizer.param_groups, named_parameters, policy, config, engine_options)
-
-
-def _positive(value: Any, argument: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{argument} must be a positive number of seconds, got {value!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{argument} must be a positive, finite number of seconds, got {value}")
-    return value
 
 
 def _count(value: Any, argument: str, least: int) -> int:
