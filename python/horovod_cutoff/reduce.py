@@ -48,8 +48,8 @@ def fingerprint(config: Dict[str, Any]) -> int:
     return (zlib.crc32(text.encode()) & 0xFFFFFF) or 1
 
 
-# Engines are named from what every rank shares (the configuration), plus how many engines of
-# that configuration this process made before: an optimizer built on one rank only can then
+# Engines are named from what every rank shares (the parameters' names and shapes), plus how
+# many engines of that shape this process made before: an optimizer built on one rank only can then
 # never shift the names of the optimizers built on every rank.
 _engines_made: Dict[int, int] = collections.Counter()
 _engines_lock = threading.Lock()
@@ -190,8 +190,11 @@ class PartialReduction:
             "params": [[n, list(p.shape)] for n, p in zip(self.names, self.params)],
         }
         self.fingerprint = fingerprint(self.config)
+        # The name must match across ranks even when the cutoff settings do not (step 0 then
+        # reports the mismatch on every rank), so it comes from the reduction's shape alone.
+        shape = {k: self.config[k] for k in ("world", "dtype", "params")}
         # Step 0 waits for everyone: there is nothing to predict from, and it checks the config.
-        self.engine = _C.Engine(_engine_name(self.fingerprint), rank, size, numel, dtype,
+        self.engine = _C.Engine(_engine_name(fingerprint(shape)), rank, size, numel, dtype,
                                 _device_index(self.params), self.fingerprint, math.inf,
                                 coordinator=coordinator, max_lag=max_lag,
                                 watchdog_steps=watchdog_steps)
