@@ -54,3 +54,14 @@ def horovodrun(tmp_path):
         return Job(proc.returncode, seconds, output, results)
 
     return run
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one intra-op thread for the test, restored after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

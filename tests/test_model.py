@@ -20,13 +20,8 @@ from horovod_cutoff.model.inference import predictive_log_times, predictive_trac
 from horovod_cutoff.model.train import make_batch, train
 from scipy import special, stats
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Seeded results and timings as on a one-core CI share (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _scipy_mixture(weights, loc, scale, x, censored):

@@ -15,13 +15,8 @@ from horovod_cutoff.policies.predictive import Predictive
 from horovod_cutoff.sim import replay, simulate
 from horovod_cutoff.traces.generators import generate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Seeded results and timings as on a one-core CI share (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _steps(policy, times, cut_at=None):

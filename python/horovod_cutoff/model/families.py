@@ -14,6 +14,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from ..traces.generators import _markov  # the shipped scenarios' sticky on/off chain
+
 MAX_STALL = 50.0
 
 
@@ -26,16 +28,6 @@ def _base(workers: int, steps: int, rng: np.random.Generator, jitter: Optional[f
     # Per-worker speeds differ a little in a real cluster, even without stragglers.
     speed = rng.normal(0.0, rng.uniform(0.0, 0.05), size=workers)
     return np.exp(np.log(_scale(rng)) + speed + rng.normal(0.0, jitter, size=(steps, workers)))
-
-
-def _markov(steps: int, chains: int, p_enter: float, p_leave: float, rng: np.random.Generator) -> np.ndarray:
-    state = rng.random(chains) < p_enter / (p_enter + p_leave)
-    out = np.empty((steps, chains), dtype=bool)
-    for t in range(steps):
-        out[t] = state
-        u = rng.random(chains)
-        state = np.where(state, u >= p_leave, u < p_enter)
-    return out
 
 
 def _stalls(times: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
