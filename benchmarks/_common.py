@@ -51,6 +51,18 @@ def write_rank_result(outdir: str, rank: int, payload: dict) -> None:
         json.dump(payload, fh)
 
 
+def flag_values(flag: str):
+    """The words after ``flag`` on the command line (up to the next --option), or None."""
+    if flag not in sys.argv:
+        return None
+    i = sys.argv.index(flag) + 1
+    out = []
+    while i < len(sys.argv) and not sys.argv[i].startswith("--"):
+        out.append(sys.argv[i])
+        i += 1
+    return out
+
+
 def percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q))
 

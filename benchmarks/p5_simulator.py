@@ -11,22 +11,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, main  # noqa: E402
+from _common import flag_values, machine, main  # noqa: E402
 from _scenarios import scenario_table, sizes  # noqa: E402
 
 ID = "P5"
 TARGET = 0.95
-
-
-def _arg(flag: str):
-    if flag not in sys.argv:
-        return None
-    i = sys.argv.index(flag) + 1
-    out = []
-    while i < len(sys.argv) and not sys.argv[i].startswith("--"):
-        out.append(sys.argv[i])
-        i += 1
-    return out
 
 
 def run(quick: bool = False) -> dict:
@@ -35,8 +24,8 @@ def run(quick: bool = False) -> dict:
     from horovod_cutoff.traces.generators import SCENARIOS, generate
 
     policy = "predictive" if "predictive" in POLICIES else "adaptive"
-    model = (_arg("--model") or [None])[0]
-    only = _arg("--scenarios")
+    model = (flag_values("--model") or [None])[0]
+    only = flag_values("--scenarios")
     n = sizes(quick)
     after, whole = {}, {}
     if model is None and only is None:

@@ -1,15 +1,13 @@
 """P8: no harm. On a straggler-free cluster (i.i.d. log-normal, sigma 0.05, no stragglers)
 every adaptive policy must keep >= 0.995x the gradients/s of waiting for everyone (`none`).
 
-The scenario is model.families.steady_scenario (to become the shipped "steady" generator).
+The scenario is the shipped generator "steady" (`horovod-cutoff generate steady ...`).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, main  # noqa: E402
@@ -21,13 +19,13 @@ ADAPTIVE = ("static", "elfving", "adaptive", "predictive")
 
 
 def run(quick: bool = False) -> dict:
-    from horovod_cutoff.model.families import STEADY_SIGMA, steady_scenario
     from horovod_cutoff.policies import POLICIES
     from horovod_cutoff.policies.oracle import oracle
     from horovod_cutoff.sim import simulate
+    from horovod_cutoff.traces.generators import STEADY_SIGMA, generate
 
     n = sizes(quick)
-    times = steady_scenario(n["workers"], n["steps"], np.random.default_rng(0))
+    times = generate("steady", n["workers"], n["steps"], 0)
     best = oracle(times[n["warmup"]:], 0.02)
     res = {p: simulate(times, p, 0.02, n["warmup"], best=best)
            for p in ("none",) + ADAPTIVE + ("static_hindsight",) if p in POLICIES or p.endswith("hindsight")}

@@ -1,13 +1,14 @@
 """P9: what the cutoff service costs the coordinator. Rank 0's median step time while its
-service runs a policy that costs about 2 ms per answer at N=1024 simulated workers, against
-the same run under "static". Target: <= 1.01x.
+service runs the predictive policy at N=1024 simulated workers (its default samples, S=64 at
+that N; ``--samples S`` for more), against the same run under "static". Target: <= 1.01x.
 
-The policy is the adaptive baseline fed a 1024-worker vector each step (this rank's time,
-spread over 1024 simulated workers), so its cost is real numpy work holding the GIL, not a
-sleep. Both optimizers train their own copy of the model in alternating blocks of steps,
-in one process, so machine noise hits both alike. One rank (np=1): the service competes with
-training for the GIL and for a core of the coordinator, which is what this measures; with
-np=2 on this 2-core machine the ranks would also compete for the cores themselves.
+The policy is fed a 1024-worker vector each step (this rank's time, spread over 1024
+simulated workers), so its cost is the real inference, not a sleep; ``--policy adaptive``
+runs the adaptive baseline instead. Both optimizers train their own copy of the model in
+alternating blocks of steps, in one process, so machine noise hits both alike. One rank
+(np=1): the service competes with training for the GIL and for a core of the coordinator,
+which is what this measures; with np=2 on this 2-core machine the ranks would also compete
+for the cores themselves.
 """
 
 from __future__ import annotations
@@ -19,22 +20,23 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import horovodrun, machine, main, write_rank_result  # noqa: E402
+from _common import flag_values, horovodrun, machine, main, write_rank_result  # noqa: E402
 
 ID = "P9"
 TARGET = 1.01
 WORKERS = 1024
+SAMPLES = None  # the predictive policy's default (Predictive.samples_for)
 
 
 class SimulatedCluster:
-    """The adaptive policy over WORKERS simulated workers whose times follow this rank's."""
+    """A policy over WORKERS simulated workers whose times follow this rank's."""
 
-    name = "simulated_adaptive"
+    def __init__(self, policy: str = "predictive", samples=SAMPLES, workers: int = WORKERS,
+                 seed: int = 0):
+        from horovod_cutoff.policies import make_policy
 
-    def __init__(self, workers: int = WORKERS, seed: int = 0):
-        from horovod_cutoff.policies import AdaptiveLogNormal
-
-        self.inner = AdaptiveLogNormal()
+        self.name = f"simulated_{policy}"
+        self.inner = make_policy(policy, **({"samples": samples} if policy == "predictive" else {}))
         self.rng = np.random.default_rng(seed)
         self.spread = self.rng.lognormal(0.0, 0.2, workers)
         self.answer_seconds: list = []
@@ -56,7 +58,11 @@ class SimulatedCluster:
 
 
 def run(quick: bool = False) -> dict:
-    params = {"blocks": 6 if quick else 16, "block": 10, "batch": 64}
+    policy = (flag_values("--policy") or ["predictive"])[0]
+    given = flag_values("--samples")
+    samples = int(given[0]) if given else SAMPLES
+    params = {"blocks": 6 if quick else 40, "block": 5, "batch": 64, "policy": policy,
+              "samples": samples}
     rank0 = horovodrun(1, Path(__file__), params)[0]
     static = np.array(rank0["static"])
     served = np.array(rank0["served"])
@@ -72,7 +78,10 @@ def run(quick: bool = False) -> dict:
         "policy_answer_median_ms": float(np.median(answers)),
         "policy_answer_p90_ms": float(np.percentile(answers, 90)),
         "policy_answers": int(answers.size),
-        "policy": "adaptive over 1024 simulated workers, on the cutoff service's thread",
+        "policy": f"{policy} over {WORKERS} simulated workers"
+                  + (f", S={samples or 'auto (64 at N=1024)'}" if policy == "predictive" else "")
+                  + ", on the cutoff service's thread",
+        "command": " ".join(sys.argv),
     }
 
 
@@ -91,7 +100,7 @@ def rank_side(outdir: str, params: dict) -> None:
 
     a, b = model(), model()
     b.load_state_dict(a.state_dict())
-    policy = SimulatedCluster()
+    policy = SimulatedCluster(params["policy"], params["samples"])
     opt_static = hvd.DistributedOptimizer(torch.optim.SGD(a.parameters(), lr=1e-3),
                                           named_parameters=a.named_parameters(),
                                           cutoff="static", cutoff_options={"seconds": 60.0})

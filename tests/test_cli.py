@@ -266,3 +266,14 @@ def test_simulate_all_can_leave_a_policy_out(trace):
     assert "predictive" not in names and "adaptive" in names and "oracle" in names
     bad = cli("simulate", "--trace", trace, "--policy", "all", "--exclude", "bogus", check=False)
     assert bad.returncode == 2 and "exclude" in bad.stderr
+
+
+def test_train_writes_weights_the_simulator_loads(tmp_path, trace):
+    # Regression: `train -o FILE` once failed with "-o/--output is required" (argparse kept
+    # the "--" separator in front of the options it passes on).
+    out = tmp_path / "w.pt"
+    cli("train", "-o", out, "--iterations", 2, "--batch", 2, "--steps", 8, "--exclude", "markov")
+    assert out.stat().st_size > 10_000
+    res = json.loads(cli("simulate", "--trace", trace, "--policy", "predictive", "--model", out,
+                         "--json").stdout)
+    assert res["policy"] == "predictive" and res["gradients_per_second"] > 0

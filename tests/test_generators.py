@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from horovod_cutoff.traces import SCENARIOS, generate, validate
 
-ORDER = ["iid", "heavy_tail", "slow_nodes", "markov", "rack", "periodic", "drift", "phase",
+ORDER = ["steady", "iid", "heavy_tail", "slow_nodes", "markov", "rack", "periodic", "drift", "phase",
          "mixture"]
 BASE_MEDIAN = 0.2  # a healthy worker's median step time in every scenario
 
@@ -137,3 +137,11 @@ def test_unknown_scenario_and_bad_sizes_are_named():
         generate("iid", 0, 2)
     with pytest.raises(ValueError, match="steps"):
         generate("iid", 2, -1)
+
+
+def test_steady_has_no_stragglers_so_waiting_for_all_is_near_the_oracle():
+    from horovod_cutoff.sim import simulate
+
+    times = generate("steady", 32, 400, 0)
+    assert np.std(np.log(times)) < 0.06
+    assert simulate(times, "none", 0.02, 0)["ratio_to_oracle"] > 0.99

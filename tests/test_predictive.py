@@ -65,13 +65,15 @@ def test_nan_from_the_model_falls_back_to_adaptive_with_one_warning():
     assert cutoffs[-1] == policy.fallback.cutoff() and math.isfinite(cutoffs[-1])
 
 
-def test_a_raising_model_falls_back_instead_of_crashing():
-    policy = Predictive(samples=16)
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_raising_model_falls_back_instead_of_crashing(fast, monkeypatch):
+    policy = Predictive(samples=16, fast=fast)
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    policy.model.step = broken
+    policy.model.step = broken  # the reference path
+    monkeypatch.setattr("horovod_cutoff.policies.predictive.make_predictor", broken)  # the fast one
     with pytest.warns(RuntimeWarning, match="boom"):
         _steps(policy, generate("iid", 4, 6, seed=0))
     assert policy.cutoff() == policy.fallback.cutoff()
@@ -121,3 +123,45 @@ def test_every_objective_runs_in_the_replay(objective):
     times = generate("heavy_tail", 16, 60, seed=0)
     out = replay(times, Predictive(overhead=0.02, samples=64, objective=objective), overhead=0.02)
     assert out["gradients_per_second"] > 0
+
+
+def test_fast_path_and_reference_give_the_same_throughput_in_replay():
+    # Different noise streams and the grid argmax against the exact one: the same policy.
+    times = generate("markov", 16, 300, seed=3)
+    fast = replay(times, Predictive(overhead=0.02, samples=128, fast=True), overhead=0.02, warmup=30)
+    ref = replay(times, Predictive(overhead=0.02, samples=128, fast=False), overhead=0.02, warmup=30)
+    assert fast["gradients_per_second"] == pytest.approx(ref["gradients_per_second"], rel=0.01)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_policy_calibrates_its_spread_from_what_it_sees(fast):
+    policy = Predictive(overhead=0.02, samples=64, fast=fast)
+    replay(generate("steady", 16, 200, seed=0), policy, overhead=0.02)
+    assert policy.failed is None and policy.calibration.spread != 1.0
+    assert 0.25 <= policy.calibration.spread <= 4.0
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_weights_swap_in_mid_run_and_keep_the_state(fast):
+    times = generate("markov", 8, 40, seed=1)
+    policy = Predictive(overhead=0.02, samples=64, fast=fast)
+    _steps(policy, times[:20])
+    h = policy.state.h.clone()
+    other = copy.deepcopy(load_model())
+    with torch.no_grad():
+        other.emission_net[-1].bias.add_(0.3)  # slower predicted times: later cutoffs
+    before = policy.hash
+    assert policy.load_weights(other) == weights_hash(other) != before
+    assert torch.equal(policy.state.h, h)
+    _steps(policy, times[20:])
+    assert policy.failed is None and math.isfinite(policy.cutoff())
+    with pytest.raises(ValueError, match="hyper-parameters"):
+        from horovod_cutoff.model import RunTimeModel
+        policy.load_weights(RunTimeModel(hidden=8))
+
+
+def test_auto_samples_keep_the_draws_per_step_flat_in_the_workers():
+    auto = Predictive()
+    assert [auto.samples_for(n) for n in (1, 64, 128, 256, 1024, 4096)] == [256, 256, 128, 64, 64, 64]
+    assert Predictive(samples=33).samples_for(1024) == 33
+    assert auto.config()["samples"] is None

@@ -154,7 +154,10 @@ def _recorded(trace: str, times: np.ndarray) -> tuple:
 def cmd_train(args) -> int:
     from .model.train import main as train_main
 
-    return train_main(args.train_args) or 0
+    rest = list(args.train_args)
+    if rest[:1] == ["--"]:  # argparse keeps the separator main() inserted before REMAINDER
+        rest = rest[1:]
+    return train_main(rest) or 0
 
 
 def benchmarks_dir() -> Path:

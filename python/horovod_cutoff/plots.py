@@ -1,5 +1,6 @@
 """PNG pictures of traces and simulations: the heatmap with cutoffs and who was cut,
-gradients/s per policy against the oracle, and a policy's cutoff over time."""
+gradients/s per policy against the oracle, a policy's cutoff over time, and the run-time
+model's calibration and predicted-vs-actual times."""
 
 from __future__ import annotations
 
@@ -197,6 +198,51 @@ def plot_cutoffs(path: PathLike, times: np.ndarray, cutoffs: Sequence[float],
     for handle in getattr(legend, "legend_handles", None) or legend.legendHandles:
         handle.set_alpha(1.0)  # the legend dot should be visible even when the scatter is faint
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_calibration(path: PathLike, pits: Dict[str, np.ndarray], title: Optional[str] = None) -> Path:
+    """Coverage of central predictive intervals against their nominal level, one line per
+    trace (``pits``: name -> PIT values u = F(x) of observed times; NaN ignored). A calibrated
+    model lies on the diagonal; below it, its intervals are too narrow."""
+    levels = np.linspace(0.05, 0.95, 19)
+    fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
+    ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--", label="calibrated")
+    for name, u in pits.items():
+        u = np.asarray(u, dtype=float).reshape(-1)
+        u = u[~np.isnan(u)]
+        if u.size:
+            ax.plot(levels, [(np.abs(2 * u - 1) <= a).mean() for a in levels], lw=1.2, label=name)
+    ax.set_xlabel("nominal coverage of the central interval")
+    ax.set_ylabel("observed coverage")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(title or "predictive calibration")
+    return _save(fig, path)
+
+
+def plot_predicted_vs_actual(path: PathLike, predicted: Dict[str, np.ndarray], actual: Dict[str, np.ndarray],
+                             title: Optional[str] = None) -> Path:
+    """Each worker's mean predicted time against its mean actual time (log-log), one colour
+    per trace: points on the diagonal are workers the model has right."""
+    fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
+    low, high = np.inf, 0.0
+    for name in predicted:
+        p = np.asarray(predicted[name], dtype=float)
+        a = np.asarray(actual[name], dtype=float)
+        ok = np.isfinite(p) & np.isfinite(a) & (p > 0) & (a > 0)
+        ax.scatter(a[ok], p[ok], s=8, alpha=0.6, linewidths=0, label=name)
+        if ok.any():
+            low, high = min(low, a[ok].min(), p[ok].min()), max(high, a[ok].max(), p[ok].max())
+    if high > 0:
+        ax.plot([low, high], [low, high], color="black", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("actual mean time per worker (s)")
+    ax.set_ylabel("predicted mean time per worker (s)")
+    ax.legend(fontsize=7, frameon=False, markerscale=2)
+    ax.set_title(title or "predicted vs actual per-worker times")
     return _save(fig, path)
 
 

@@ -164,12 +164,3 @@ def random_trace(workers: int, steps: int, rng: np.random.Generator,
             [n for n in names if n != "combo"]
     name = str(rng.choice(names))
     return name, FAMILIES[name](workers, steps, rng)
-
-
-STEADY_SIGMA = 0.05  # the shipped "steady" scenario's log-normal spread
-
-
-def steady_scenario(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
-    """Straggler-free: i.i.d. log-normal times around 0.2 s with sigma 0.05 (the P8 scenario;
-    to move into traces/generators.py as "steady")."""
-    return rng.lognormal(np.log(0.2), STEADY_SIGMA, size=(steps, workers))

@@ -12,6 +12,7 @@ in (``Noise``), so a kernel given the same noise must give the same samples and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -42,8 +43,14 @@ class Noise:
 
 
 @torch.no_grad()
-def predictive_log_times(model: RunTimeModel, state: State, noise: Noise) -> torch.Tensor:
-    """S posterior-predictive samples of next step's N log times (log seconds), [S, N]."""
+def predictive_log_times(model: RunTimeModel, state: State, noise: Noise,
+                         spread: float = 1.0) -> torch.Tensor:
+    """S posterior-predictive samples of next step's N log times (log seconds), [S, N].
+
+    ``spread``, the online calibration's factor (``model.calibration``), widens (> 1) or
+    narrows each worker's samples about its predictive mean log time
+    m_n = ref + sum_k pi_nk loc_nk + load_n . mean_s z^s: L' = m_n + spread * (L - m_n).
+    Monotone per worker, so the cross-worker correlation the latent carries is kept."""
     em = model.emission(state.h[0], state.g[0])                       # [N, K] / [N, D]
     z_next = model.next_latent(state, noise.z, noise.transition)       # [S, D]
     cum = torch.softmax(em.logits, -1).cumsum(-1)                      # [N, K]
@@ -54,7 +61,17 @@ def predictive_log_times(model: RunTimeModel, state: State, noise: Noise) -> tor
         loc = torch.where(beyond, em.loc[:, j], loc)
         scale = torch.where(beyond, em.scale[:, j], scale)
     shift = z_next @ em.load.T                                         # [S, N]
-    return state.ref[0] + loc + shift + scale * noise.normal
+    out = state.ref[0] + loc + shift + scale * noise.normal
+    if spread != 1.0:
+        mean = _predictive_mean(state, em, z_next)
+        out = mean + spread * (out - mean)
+    return out
+
+
+def _predictive_mean(state: State, em, z_next: torch.Tensor) -> torch.Tensor:
+    """Each worker's predictive mean log time [N] (over the mixture and the S latent draws):
+    the centre the calibration's spread scales about."""
+    return state.ref[0] + (torch.softmax(em.logits, -1) * em.loc).sum(-1) + em.load @ z_next.mean(0)
 
 
 def best_cutoff(samples: torch.Tensor, overhead: float, objective: str = "step",
@@ -96,59 +113,138 @@ def best_cutoff(samples: torch.Tensor, overhead: float, objective: str = "step",
     return float(flat[j]), float(value[j])
 
 
+GRID_BINS = 4096  # candidate bins of the grid argmax (its loss against the exact one: bench P1)
+
+
+@torch.no_grad()
+def best_cutoff_grid(log_samples: torch.Tensor, overhead: float, objective: str = "step",
+                     rate: Optional[float] = None, bins: int = GRID_BINS) -> Tuple[float, float]:
+    """The argmax of ``best_cutoff``'s objective over at most ``bins`` candidates, without a
+    sort, from log samples [S, N] (log seconds, absent workers' columns removed): the shape a
+    fused kernel computes (histograms, prefix sums, one scan).
+
+    The range [lo, hi] of the log samples is cut into ``bins`` equal bins; a value v falls in
+    bin b = clamp(ceil((v - lo) / width) - 1, 0, bins - 1), whose upper edge is
+    lo + (b + 1) * width. Per bin: the sample count, the largest sample, and the count and sum
+    (in seconds) of the per-sample maxima max_n x_{s,n} that fall there. The candidates are
+    the largest sample at or below each edge (a prefix max), where the objective is *exact*:
+    every sample and every maximum at or below an edge is at or below that candidate. So the
+    only loss against the exact argmax is the coarser candidate set. Returns (cutoff seconds,
+    objective there). Arithmetic in float64.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    v = log_samples.detach().to(torch.float64)
+    S = v.shape[0]
+    lo, hi = v.min(), v.max()
+    if not bool(hi > lo):  # every sample equal: the one candidate
+        c = float(torch.exp(hi))
+        k = float(v.shape[1])
+        dur = c + overhead
+        return c, (k - rate * dur) if (objective == "lambda" and rate is not None) else k / dur
+    width = (hi - lo) / bins
+    ids = lambda x: torch.clamp(torch.ceil((x - lo) / width).long() - 1, 0, bins - 1)  # noqa: E731
+    flat = v.reshape(-1)
+    b = ids(flat)
+    count = torch.zeros(bins, dtype=torch.float64).index_add_(0, b, torch.ones_like(flat))
+    top = torch.full((bins,), -torch.inf, dtype=torch.float64).scatter_reduce_(0, b, flat, "amax")
+    m = v.max(dim=1).values                                                      # [S]
+    bm = ids(m)
+    m_count = torch.zeros(bins, dtype=torch.float64).index_add_(0, bm, torch.ones_like(m))
+    m_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, bm, torch.exp(m))
+    cand = torch.cummax(top, 0).values                                           # log seconds
+    c = torch.exp(cand)
+    expected = torch.cumsum(count, 0) / S
+    duration = (torch.cumsum(m_sum, 0) + c * (S - torch.cumsum(m_count, 0))) / S + overhead
+    if objective == "ratio":
+        value = expected / (c + overhead)
+    elif objective == "lambda" and rate is not None:
+        value = expected - rate * duration
+    else:
+        value = expected / duration
+    value = torch.where(torch.isfinite(cand), value, torch.full_like(value, -torch.inf))
+    j = int(torch.argmax(value))
+    return float(c[j]), float(value[j])
+
+
 @torch.no_grad()
 def hot_path(model: RunTimeModel, state: State, times: torch.Tensor, censored: torch.Tensor,
              noise: Noise, overhead: float, objective: str = "step",
-             rate: Optional[float] = None) -> Tuple[float, State, torch.Tensor]:
+             rate: Optional[float] = None, bins: Optional[int] = None,
+             spread: float = 1.0) -> Tuple[float, State, torch.Tensor]:
     """One step of the predictor: filter (times [N] seconds, NaN absent; censored [N]),
-    sample next step's times with ``noise``, return (cutoff, new state, samples [S, N])."""
+    sample next step's times with ``noise``, return (cutoff, new state, samples [S, N]).
+    ``bins``: the grid argmax (``best_cutoff_grid``, what the fast paths compute); None: exact.
+    ``spread``: the online calibration's factor (``predictive_log_times``)."""
     state, _ = model.step(state, times.unsqueeze(0), censored.unsqueeze(0), score=False)
-    samples = torch.exp(predictive_log_times(model, state, noise))
+    log_samples = predictive_log_times(model, state, noise, spread)
     present = ~torch.isnan(times)
-    c, _ = best_cutoff(samples if bool(present.all()) else samples[:, present], overhead, objective, rate)
-    return c, state, samples
+    kept = log_samples if bool(present.all()) else log_samples[:, present]
+    if bins is None:
+        c, _ = best_cutoff(torch.exp(kept), overhead, objective, rate)
+    else:
+        c, _ = best_cutoff_grid(kept, overhead, objective, rate, bins)
+    return c, state, torch.exp(log_samples)
 
 
 @torch.no_grad()
 def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[np.ndarray] = None,
-                     samples: int = 128, seed: int = 0, start: int = 1) -> dict:
+                     samples: int = 128, seed: int = 0, start: int = 1, calibrate: bool = True) -> dict:
     """One-step-ahead predictive checks along a trace [T, N] (seconds, NaN absent): for every
     step t >= 1 and worker n, the predictive log density of x_{t,n} given steps < t (a Monte
     Carlo average over S latent draws of the per-worker log-normal mixture), whether x_{t,n}
-    fell in the central 50% and 90% predictive intervals, and the predictive mean.
-    Returns arrays [T, N] (NaN before ``start`` and for absent or censored cells)."""
+    fell in the central 50% and 90% predictive intervals, its PIT (the predictive probability
+    below it), and the predictive mean.
+    ``calibrate``: with the online spread calibration the predictive policy runs (from step 0,
+    as live). Returns arrays [T, N] (NaN before ``start`` and for absent or censored cells),
+    and the spread factor per step."""
     from torch.distributions import Categorical, MixtureSameFamily, Normal
+
+    from .calibration import SpreadCalibration
 
     T, N = times.shape
     censored = np.zeros((T, N), dtype=bool) if censored is None else censored
     g = torch.Generator().manual_seed(seed)
     state = model.initial_state(1, N)
     shape = (T, N)
-    loglik, in50, in90, mean = (np.full(shape, np.nan) for _ in range(4))
+    loglik, in50, in90, mean, pit = (np.full(shape, np.nan) for _ in range(5))
+    spreads = np.ones(T)
+    calibration = SpreadCalibration() if calibrate else None
     x_all = torch.as_tensor(times, dtype=torch.float32)
     c_all = torch.as_tensor(censored)
     for t in range(T):
-        if t >= max(start, 1):
+        spread = calibration.spread if calibration is not None else 1.0
+        spreads[t] = spread
+        if t >= 1 and state.steps > 0:
             noise = Noise.draw(samples, N, model.D, g)
+            draws = predictive_log_times(model, state, noise, spread)                 # [S, N]
+            x = x_all[t]
+            if calibration is not None:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    calibration.update(draws.numpy(), np.log(x.numpy()), c_all[t].numpy())
+        if t >= max(start, 1) and state.steps > 0:
             em = model.emission(state.h[0], state.g[0])
             z_next = model.next_latent(state, noise.z, noise.transition)          # [S, D]
             loc = state.ref[0] + em.loc.unsqueeze(0) + (z_next @ em.load.T).unsqueeze(-1)  # [S, N, K]
+            centre = _predictive_mean(state, em, z_next)[None, :, None]
             mix = MixtureSameFamily(Categorical(logits=em.logits.unsqueeze(0).expand_as(loc),
                                                 validate_args=False),
                                     Normal(loc, em.scale.unsqueeze(0).expand_as(loc), validate_args=False),
                                     validate_args=False)
-            x = x_all[t]
             ok = ~torch.isnan(x) & ~c_all[t]
             v = torch.log(torch.where(ok, x, torch.ones_like(x)))
-            lp = mix.log_prob(v.unsqueeze(0)) - v                                  # density in seconds
+            # The calibrated density: v = m + f (L - m), so p(v) = p_L(m + (v - m) / f) / f.
+            pre = centre[..., 0] + (v.unsqueeze(0) - centre[..., 0]) / spread
+            lp = mix.log_prob(pre) - math.log(spread) - v                            # density in seconds
             ll = torch.logsumexp(lp, 0) - np.log(samples)
-            draws = predictive_log_times(model, state, noise)                         # [S, N]
             q = torch.quantile(draws, torch.tensor([0.05, 0.25, 0.75, 0.95]), dim=0)  # [4, N]
             okn = ok.numpy()
             loglik[t, okn] = ll.numpy()[okn]
             in50[t, okn] = ((v >= q[1]) & (v <= q[2])).numpy()[okn]
             in90[t, okn] = ((v >= q[0]) & (v <= q[3])).numpy()[okn]
+            u = (draws < v).double().mean(0) + 0.5 * (draws == v).double().mean(0)
+            pit[t, okn] = u.numpy()[okn]
             mean[t] = torch.exp(draws).mean(0).numpy()
         if (~torch.isnan(x_all[t]) & ~c_all[t]).any():
             state, _ = model.step(state, x_all[t:t + 1], c_all[t:t + 1], score=False)
-    return {"loglik": loglik, "in50": in50, "in90": in90, "mean": mean}
+    return {"loglik": loglik, "in50": in50, "in90": in90, "pit": pit, "mean": mean, "spread": spreads}

@@ -44,6 +44,8 @@ class AdaptiveLogNormal(Policy):
         self.var: Optional[np.ndarray] = None
         self.seen = 0
         self._cutoff = math.inf
+        self._stale = False
+        self._present: Optional[np.ndarray] = None
 
     def observe(self, times: np.ndarray, censored: np.ndarray) -> None:
         times, censored = check_step(times, censored)
@@ -67,10 +69,14 @@ class AdaptiveLogNormal(Policy):
             self.var = np.where(present, (1 - a) * (self.var + a * delta**2), self.var)
         self.seen += 1
         if self.seen >= self.warmup:
-            sd = np.maximum(np.sqrt(self.var), MIN_SD)
-            self._cutoff = best_cutoff(self.mu[present], sd[present], self.overhead)
+            self._present = present
+            self._stale = True  # computed when asked: a policy shadowing this one rarely asks
 
     def cutoff(self) -> float:
+        if self._stale:
+            sd = np.maximum(np.sqrt(self.var), MIN_SD)
+            self._cutoff = best_cutoff(self.mu[self._present], sd[self._present], self.overhead)
+            self._stale = False
         return self._cutoff
 
     def config(self) -> dict:

@@ -1,6 +1,12 @@
 """The learned policy: filter the run-time model's recurrent state with each step's times,
-draw S posterior-predictive samples of next step's N times, and cut at the exact argmax of
-the expected throughput over the sampled times (DESIGN "The cutoff").
+draw S posterior-predictive samples of next step's N times, and cut at the argmax of the
+expected throughput over the sampled times (DESIGN "The cutoff").
+
+The hot path runs in kernels/ (``fast=True``, default): C++ on the CPU, a fused Triton kernel
+on a GPU, both with the grid argmax (model/inference.best_cutoff_grid: within 0.1% of the
+exact one, bench P1). ``fast=False`` runs the PyTorch reference with the exact argmax.
+``samples=None`` (default) scales S with N (``samples_for``). The predictive's spread is
+calibrated online (model/calibration.py; ``calibrate=False`` turns it off).
 
 Objectives (``objective=``, model/inference.best_cutoff): ``step`` (default), the per-step
 ratio E[#{x_n <= c}] / (E[min(c, max x)] + o) with the step's true duration; ``ratio``, the
@@ -8,11 +14,11 @@ paper's E[#{x_n <= c}] / (c + o), which charges a step its full cutoff even when
 done earlier and so cuts needlessly on a straggler-free cluster; ``lambda``,
 E[#{x_n <= c}] - lam * (E[min(c, max x)] + o) with lam the running throughput this policy
 has seen, the long-run form. All three are compared by benchmarks/p6_simulator.py.
-Weights: the shipped pretrained ones unless ``model=FILE``. The model adapts in context
-through its recurrent state; no training runs inside the policy (background fine-tuning on
-the run's own history is left for later). If the model fails or yields a non-finite
-cutoff, the policy warns once and from then on answers with the adaptive policy, which
-shadows every observation so it is ready at once.
+Weights: the shipped pretrained ones unless ``model=FILE``; ``load_weights`` swaps others in
+mid-run. The model adapts in context through its recurrent state; no training runs inside
+the policy (background fine-tuning on the run's own history is left for later). If the model
+fails or yields a non-finite cutoff, the policy warns once and from then on answers with the
+adaptive policy, which shadows every observation so it is ready at once.
 """
 
 from __future__ import annotations
@@ -25,36 +31,73 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..model.inference import OBJECTIVES, Noise, hot_path
+from ..kernels import make_predictor
+from ..model.calibration import SpreadCalibration
+from ..model.inference import GRID_BINS, OBJECTIVES, Noise, hot_path
 from ..model.network import RunTimeModel, State
 from ..model.weights import load_model, weights_hash
 from .adaptive import AdaptiveLogNormal
 from .base import Policy, check_step, non_negative_seconds
 
+AUTO_DRAWS, AUTO_RANGE = 16384, (64, 256)  # samples=None: S = AUTO_DRAWS / N within the range
 RATE_DECAY = 0.99  # the running throughput's memory (lambda objective), per step
 
 
 class Predictive(Policy):
     name = "predictive"
 
-    def __init__(self, overhead: float = 0.0, samples: int = 256, seed: int = 0,
-                 model: Union[str, Path, RunTimeModel, None] = None, objective: str = "step"):
+    def __init__(self, overhead: float = 0.0, samples: Optional[int] = None, seed: int = 0,
+                 model: Union[str, Path, RunTimeModel, None] = None, objective: str = "step",
+                 calibrate: bool = True, fast: bool = True):
         self.overhead = non_negative_seconds(overhead, "overhead")
-        if isinstance(samples, bool) or int(samples) != samples or int(samples) < 1:
-            raise ValueError(f"samples must be a positive integer, got {samples!r}")
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, float))
+                                    or int(samples) != samples or int(samples) < 1):
+            raise ValueError(f"samples must be a positive integer or None (auto), got {samples!r}")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        self.samples, self.seed, self.objective = int(samples), int(seed), objective
+        self.samples = None if samples is None else int(samples)
+        self.seed, self.objective = int(seed), objective
         self.model = model if isinstance(model, RunTimeModel) else load_model(model)
         self.model_source = "object" if isinstance(model, RunTimeModel) else str(model or "default")
         self.hash = weights_hash(self.model)
+        self.fast = bool(fast)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.fallback = AdaptiveLogNormal(overhead=self.overhead)
         self.failed: Optional[str] = None
-        self.state: Optional[State] = None
+        self._state: Optional[State] = None  # the reference path's filter state
+        self._predictor = None               # the fast path (kernels/), built once N is known
         self._cutoff = math.inf
         self._gradients = self._seconds = 0.0
-        self.last_samples: Optional[torch.Tensor] = None
+        self._last_log: Optional[np.ndarray] = None  # [S, N] the last prediction's log samples
+        self.calibration = SpreadCalibration() if calibrate else None
+
+    def samples_for(self, workers: int) -> int:
+        """S for N workers: as given, or (None) AUTO_DRAWS / N within AUTO_RANGE: about the same
+        number of draws per step at any N (the objective averages its error over the workers),
+        so the coordinator's work stays flat: 256 samples up to 64 workers, 64 from 256 on."""
+        if self.samples is not None:
+            return self.samples
+        low, high = AUTO_RANGE
+        return max(low, min(high, AUTO_DRAWS // max(1, int(workers))))
+
+    def load_weights(self, model: Union[str, Path, RunTimeModel]) -> str:
+        """Swaps in other weights of the same shape (e.g. retrained ones) between two
+        observations, keeping the filter's state: the fast path double-buffers them, so the
+        cutoff service need not stop. Returns the new weights' hash."""
+        new = model if isinstance(model, RunTimeModel) else load_model(model)
+        if new.hparams != self.model.hparams:
+            raise ValueError(f"model has hyper-parameters {new.hparams}, this policy's has "
+                             f"{self.model.hparams}: only weights of the same shape swap in")
+        if self._predictor is not None:
+            self._predictor.load_weights(new)
+        self.model, self.hash = new, weights_hash(new)
+        self.model_source = "object" if isinstance(model, RunTimeModel) else str(model)
+        return self.hash
+
+    @property
+    def state(self) -> Optional[State]:
+        """The model's filter state (of whichever path runs it)."""
+        return self._predictor.state() if self._predictor is not None else self._state
 
     def observe(self, times: np.ndarray, censored: np.ndarray) -> None:
         times, censored = check_step(times, censored)
@@ -68,25 +111,61 @@ class Predictive(Policy):
         if self.failed is not None:
             return
         try:
-            if self.state is None or self.state.h.shape[1] != times.size:
-                self.state = self.model.initial_state(1, times.size)
-            noise = Noise.draw(self.samples, times.size, self.model.D, self.generator)
+            spread = self.calibration.spread if self.calibration is not None else 1.0
             rate = self._gradients / self._seconds if self._seconds > 0 else None
-            c, self.state, samples = hot_path(
-                self.model, self.state, torch.as_tensor(times, dtype=torch.float32),
-                torch.as_tensor(censored), noise, self.overhead, self.objective, rate)
+            c = self._fast_step(times, censored, rate, spread) if self.fast else \
+                self._reference_step(times, censored, rate, spread)
             if not (math.isfinite(c) and c > 0):
                 raise FloatingPointError(f"the model gave cutoff {c}")
-            self.last_samples = samples
             self._cutoff = c
+            # The calibration learns from this step after the cutoff is out: one step late, off
+            # the latency path; then keep this prediction's samples for the next step.
+            if self.calibration is not None and self._last_log is not None \
+                    and self._last_log.shape[1] == times.size:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    self.calibration.update(self._last_log, np.log(times), censored)
+            self._last_log = self._log_samples(~np.isnan(times))
         except Exception as err:  # any model failure: warn once, then the adaptive policy answers
             self.failed = f"{type(err).__name__}: {err}"
             warnings.warn(f"predictive policy: the run-time model failed ({self.failed}); "
                           "falling back to the adaptive policy", RuntimeWarning, stacklevel=2)
+
+    def _fast_step(self, times: np.ndarray, censored: np.ndarray, rate, spread: float) -> float:
+        """kernels/: the Triton kernel on the GPU, the C++ path on the CPU (the grid argmax)."""
+        if self._predictor is None or self._predictor.workers != times.size:
+            self._predictor = make_predictor(self.model, times.size, self.samples_for(times.size),
+                                             self.overhead,
+                                             self.objective, GRID_BINS, self.seed)
+        c = self._predictor.step(times.astype(np.float32), censored, rate=rate, spread=spread)
+        self._predictor.prepare()  # the next step's noise, while nothing waits for us
+        return float(c)
+
+    def _reference_step(self, times: np.ndarray, censored: np.ndarray, rate, spread: float) -> float:
+        """The PyTorch reference (model/inference.py), with the exact argmax."""
+        if self._state is None or self._state.h.shape[1] != times.size:
+            self._state = self.model.initial_state(1, times.size)
+        noise = Noise.draw(self.samples_for(times.size), times.size, self.model.D, self.generator)
+        c, self._state, samples = hot_path(
+            self.model, self._state, torch.as_tensor(times, dtype=torch.float32),
+            torch.as_tensor(censored), noise, self.overhead, self.objective, rate, spread=spread)
+        self._reference_log = torch.log(samples).numpy()
+        return c
+
+    def _log_samples(self, present: np.ndarray) -> np.ndarray:
+        """The last prediction's log samples as [S, N] (NaN columns: workers it left out)."""
+        if not self.fast:
+            return self._reference_log
+        out = np.asarray(self._predictor.last_log_samples())
+        if out.shape[1] == present.size:
+            return out
+        full = np.full((out.shape[0], present.size), np.nan)  # a path that keeps present workers only
+        full[:, present] = out
+        return full
 
     def cutoff(self) -> float:
         return self.fallback.cutoff() if self.failed is not None else self._cutoff
 
     def config(self) -> dict:
         return {"policy": self.name, "overhead": self.overhead, "samples": self.samples,
-                "seed": self.seed, "objective": self.objective, "model_sha256": self.hash}
+                "seed": self.seed, "objective": self.objective, "model_sha256": self.hash,
+                "calibrate": self.calibration is not None, "fast": self.fast}

@@ -43,6 +43,14 @@ def _markov(steps: int, chains: int, p_enter: float, p_leave: float,
     return out
 
 
+STEADY_SIGMA = 0.05  # the steady scenario's log-normal spread
+
+
+def steady(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
+    """Straggler-free: independent log-normal times around 0.2 s, sigma 0.05 (waiting is best)."""
+    return rng.lognormal(np.log(BASE), STEADY_SIGMA, size=(steps, workers))
+
+
 def iid(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
     """Independent log-normal times around 0.2 s: no stragglers beyond noise."""
     return rng.lognormal(np.log(BASE), 0.25, size=(steps, workers))
@@ -122,7 +130,7 @@ def mixture(workers: int, steps: int, rng: np.random.Generator) -> np.ndarray:
 
 
 SCENARIOS: Dict[str, Callable[[int, int, np.random.Generator], np.ndarray]] = {
-    f.__name__: f for f in (iid, heavy_tail, slow_nodes, markov, rack, periodic, drift, phase,
+    f.__name__: f for f in (steady, iid, heavy_tail, slow_nodes, markov, rack, periodic, drift, phase,
                             mixture)
 }
 
