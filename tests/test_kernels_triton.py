@@ -324,3 +324,20 @@ def test_gpu_compiled_kernels_match_reference_at_1024(objective, rate, spread):
     assert result["graph"], "the launches were not captured as a CUDA graph"
     assert result["spread_acts"], "a replay at spread 2 did not widen the samples"
     assert_agrees(result["records"], tol=1e-4)  # GPU exp/log are not bit-equal to torch's CPU ones
+
+
+def test_the_predictive_policy_runs_on_the_triton_path(model, monkeypatch):
+    # Regression: the policy rebuilds its predictor when N changes by reading `workers`, which
+    # only the CPU path had, so on a GPU coordinator every step failed over to `adaptive`.
+    from horovod_cutoff.policies.predictive import Predictive
+    from horovod_cutoff.sim import replay
+    from horovod_cutoff.traces.generators import generate
+
+    def on_triton(m, workers, samples, overhead, objective, bins, seed):
+        return TritonPredictor(m, workers, samples, overhead, objective, bins, seed, device="cpu")
+
+    monkeypatch.setattr("horovod_cutoff.policies.predictive.make_predictor", on_triton)
+    policy = Predictive(overhead=0.02, samples=9, model=model)
+    replay(generate("markov", 5, 6, seed=0), policy, overhead=0.02)
+    assert policy.failed is None and np.isfinite(policy.cutoff())
+    assert policy.calibration.spread != 1.0  # it read the kernel's samples back

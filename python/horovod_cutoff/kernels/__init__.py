@@ -8,7 +8,8 @@ Every fast predictor has the same interface:
 
     p = Predictor(model, workers, samples=256, overhead=0.0, objective="step", bins=GRID_BINS, seed=0)
     cutoff = p.step(times, censored, rate=None, noise=None, spread=1.0)   # times [N] s, NaN absent
-    p.last_log_samples     # the S x N log samples of that prediction (the calibration reads them)
+    p.workers, p.samples   # N and S it was built for
+    p.last_log_samples()   # that prediction's log samples [S, N] (the CPU path: present workers only)
     p.prepare()            # draws the next call's noise; off the hot path (after the cutoff is out)
     version = p.load_weights(model)   # swap weights between calls without stopping (double buffer)
     state = p.state()      # the recurrent state as a model.network.State (for tests)

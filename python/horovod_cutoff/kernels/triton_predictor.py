@@ -654,6 +654,15 @@ class TritonPredictor:
         if self._cuda:  # the buffers were filled on the default stream; the kernels use ours
             torch.cuda.synchronize(self.device)
 
+    @property
+    def workers(self) -> int:
+        """N, as every fast predictor names it (kernels/__init__.py)."""
+        return self.N
+
+    @property
+    def samples(self) -> int:
+        return self.S
+
     # ----- buffers and launch configuration ----------------------------------------------------
     def _alloc(self, seed: int) -> None:
         N, S, G, D, H = self.N, self.S, self.G, self.D, self.H
