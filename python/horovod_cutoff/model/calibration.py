@@ -27,6 +27,12 @@ LIMITS = (0.25, 4.0)  # the factor stays within these: the model keeps its shape
 MAX_WORKERS, MAX_SAMPLES = 128, 256
 
 
+def pit(log_samples: np.ndarray, log_times: np.ndarray) -> np.ndarray:
+    """Each worker's probability integral transform u = F(x) under a sampled predictive: the
+    fraction of its samples [S, N] below its time [N], ties counted half."""
+    return (log_samples < log_times).mean(0) + 0.5 * (log_samples == log_times).mean(0)
+
+
 def tail_error(log_samples: np.ndarray, log_times: np.ndarray, censored: np.ndarray) -> Optional[float]:
     """Mean |2u - 1| over the present workers of one step: u the fraction of that worker's
     samples [S, N] below its time (mid-rank for ties); censored workers by the expectation
@@ -42,7 +48,7 @@ def tail_error(log_samples: np.ndarray, log_times: np.ndarray, censored: np.ndar
         return None
     L = log_samples[:, present]
     v = log_times[present]
-    u = np.clip((L < v).mean(0) + 0.5 * (L == v).mean(0), 0.0, 1.0)
+    u = np.clip(pit(L, v), 0.0, 1.0)
     err = np.abs(2 * u - 1)
     cut = censored[present]
     if cut.any():  # u ~ U(u_c, 1)

@@ -200,14 +200,14 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
     and the spread factor per step."""
     from torch.distributions import Categorical, MixtureSameFamily, Normal
 
-    from .calibration import SpreadCalibration
+    from .calibration import SpreadCalibration, pit
 
     T, N = times.shape
     censored = np.zeros((T, N), dtype=bool) if censored is None else censored
     g = torch.Generator().manual_seed(seed)
     state = model.initial_state(1, N)
     shape = (T, N)
-    loglik, in50, in90, mean, pit = (np.full(shape, np.nan) for _ in range(5))
+    loglik, in50, in90, mean, pits = (np.full(shape, np.nan) for _ in range(5))
     spreads = np.ones(T)
     calibration = SpreadCalibration() if calibrate else None
     x_all = torch.as_tensor(times, dtype=torch.float32)
@@ -226,7 +226,7 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
             em = model.emission(state.h[0], state.g[0])
             z_next = model.next_latent(state, noise.z, noise.transition)          # [S, D]
             loc = state.ref[0] + em.loc.unsqueeze(0) + (z_next @ em.load.T).unsqueeze(-1)  # [S, N, K]
-            centre = _predictive_mean(state, em, z_next)[None, :, None]
+            centre = _predictive_mean(state, em, z_next)                          # [N]
             mix = MixtureSameFamily(Categorical(logits=em.logits.unsqueeze(0).expand_as(loc),
                                                 validate_args=False),
                                     Normal(loc, em.scale.unsqueeze(0).expand_as(loc), validate_args=False),
@@ -234,7 +234,7 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
             ok = ~torch.isnan(x) & ~c_all[t]
             v = torch.log(torch.where(ok, x, torch.ones_like(x)))
             # The calibrated density: v = m + f (L - m), so p(v) = p_L(m + (v - m) / f) / f.
-            pre = centre[..., 0] + (v.unsqueeze(0) - centre[..., 0]) / spread
+            pre = (centre + (v - centre) / spread).unsqueeze(0)
             lp = mix.log_prob(pre) - math.log(spread) - v                            # density in seconds
             ll = torch.logsumexp(lp, 0) - np.log(samples)
             q = torch.quantile(draws, torch.tensor([0.05, 0.25, 0.75, 0.95]), dim=0)  # [4, N]
@@ -242,9 +242,8 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
             loglik[t, okn] = ll.numpy()[okn]
             in50[t, okn] = ((v >= q[1]) & (v <= q[2])).numpy()[okn]
             in90[t, okn] = ((v >= q[0]) & (v <= q[3])).numpy()[okn]
-            u = (draws < v).double().mean(0) + 0.5 * (draws == v).double().mean(0)
-            pit[t, okn] = u.numpy()[okn]
+            pits[t, okn] = pit(draws.numpy(), v.numpy())[okn]
             mean[t] = torch.exp(draws).mean(0).numpy()
         if (~torch.isnan(x_all[t]) & ~c_all[t]).any():
             state, _ = model.step(state, x_all[t:t + 1], c_all[t:t + 1], score=False)
-    return {"loglik": loglik, "in50": in50, "in90": in90, "pit": pit, "mean": mean, "spread": spreads}
+    return {"loglik": loglik, "in50": in50, "in90": in90, "pit": pits, "mean": mean, "spread": spreads}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -113,8 +113,8 @@ class Predictive(Policy):
         try:
             spread = self.calibration.spread if self.calibration is not None else 1.0
             rate = self._gradients / self._seconds if self._seconds > 0 else None
-            c = self._fast_step(times, censored, rate, spread) if self.fast else \
-                self._reference_step(times, censored, rate, spread)
+            step = self._fast_step if self.fast else self._reference_step
+            c, log_samples = step(times, censored, rate, spread)
             if not (math.isfinite(c) and c > 0):
                 raise FloatingPointError(f"the model gave cutoff {c}")
             self._cutoff = c
@@ -124,23 +124,31 @@ class Predictive(Policy):
                     and self._last_log.shape[1] == times.size:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     self.calibration.update(self._last_log, np.log(times), censored)
-            self._last_log = self._log_samples(~np.isnan(times))
+            self._last_log = log_samples
         except Exception as err:  # any model failure: warn once, then the adaptive policy answers
             self.failed = f"{type(err).__name__}: {err}"
             warnings.warn(f"predictive policy: the run-time model failed ({self.failed}); "
                           "falling back to the adaptive policy", RuntimeWarning, stacklevel=2)
 
-    def _fast_step(self, times: np.ndarray, censored: np.ndarray, rate, spread: float) -> float:
-        """kernels/: the Triton kernel on the GPU, the C++ path on the CPU (the grid argmax)."""
+    def _fast_step(self, times: np.ndarray, censored: np.ndarray, rate,
+                   spread: float) -> Tuple[float, np.ndarray]:
+        """kernels/: the Triton kernel on the GPU, the C++ path on the CPU (the grid argmax).
+        Returns the cutoff and the prediction's log samples [S, N]."""
         if self._predictor is None or self._predictor.workers != times.size:
             self._predictor = make_predictor(self.model, times.size, self.samples_for(times.size),
-                                             self.overhead,
-                                             self.objective, GRID_BINS, self.seed)
+                                             self.overhead, self.objective, GRID_BINS, self.seed)
         c = self._predictor.step(times.astype(np.float32), censored, rate=rate, spread=spread)
         self._predictor.prepare()  # the next step's noise, while nothing waits for us
-        return float(c)
+        log_samples = np.asarray(self._predictor.last_log_samples())
+        present = ~np.isnan(times)
+        if log_samples.shape[1] != times.size:  # a path that keeps present workers' columns only
+            full = np.full((log_samples.shape[0], times.size), np.nan, dtype=log_samples.dtype)
+            full[:, present] = log_samples
+            log_samples = full
+        return float(c), log_samples
 
-    def _reference_step(self, times: np.ndarray, censored: np.ndarray, rate, spread: float) -> float:
+    def _reference_step(self, times: np.ndarray, censored: np.ndarray, rate,
+                        spread: float) -> Tuple[float, np.ndarray]:
         """The PyTorch reference (model/inference.py), with the exact argmax."""
         if self._state is None or self._state.h.shape[1] != times.size:
             self._state = self.model.initial_state(1, times.size)
@@ -148,19 +156,7 @@ class Predictive(Policy):
         c, self._state, samples = hot_path(
             self.model, self._state, torch.as_tensor(times, dtype=torch.float32),
             torch.as_tensor(censored), noise, self.overhead, self.objective, rate, spread=spread)
-        self._reference_log = torch.log(samples).numpy()
-        return c
-
-    def _log_samples(self, present: np.ndarray) -> np.ndarray:
-        """The last prediction's log samples as [S, N] (NaN columns: workers it left out)."""
-        if not self.fast:
-            return self._reference_log
-        out = np.asarray(self._predictor.last_log_samples())
-        if out.shape[1] == present.size:
-            return out
-        full = np.full((out.shape[0], present.size), np.nan)  # a path that keeps present workers only
-        full[:, present] = out
-        return full
+        return c, torch.log(samples).numpy()
 
     def cutoff(self) -> float:
         return self.fallback.cutoff() if self.failed is not None else self._cutoff
