@@ -49,6 +49,13 @@ def _adaptive_checks(times: np.ndarray, start: int) -> dict:
     return {"loglik": float(np.mean(ll)), "cover50": float(np.mean(i50)), "cover90": float(np.mean(i90))}
 
 
+def summary(check: dict, start: int) -> dict:
+    """A predictive_trace's figures from step ``start`` on: mean log-likelihood per worker-step
+    and the coverage of the 50% / 90% intervals."""
+    return {k: round(float(np.nanmean(check[key][start:])), 4)
+            for k, key in (("loglik", "loglik"), ("cover50", "in50"), ("cover90", "in90"))}
+
+
 def fidelity(quick: bool) -> dict:
     import torch
     from horovod_cutoff.model import load_model
@@ -67,9 +74,7 @@ def fidelity(quick: bool) -> dict:
         row = {}
         for label, calibrate in (("model", True), ("model_uncalibrated", False)):
             check = predictive_trace(model, times, samples=64, start=start, calibrate=calibrate)
-            row[label] = {"loglik": round(float(np.nanmean(check["loglik"][start:])), 4),
-                          "cover50": round(float(np.nanmean(check["in50"][start:])), 4),
-                          "cover90": round(float(np.nanmean(check["in90"][start:])), 4)}
+            row[label] = summary(check, start)
             if calibrate:
                 pits[name] = check["pit"][start:]
                 predicted[name] = np.nanmean(check["mean"][start:], axis=0)

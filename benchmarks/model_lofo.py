@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import flag_values, machine, main  # noqa: E402
 from _scenarios import HINDSIGHT, sizes  # noqa: E402
+from model_fidelity import summary  # noqa: E402
 from p6_simulator import IID, TIME_ONLY  # noqa: E402
 
 ID = "LOFO"
@@ -32,15 +33,17 @@ CONTROL = "all"
 
 
 def _weights(exclude: str, folder: Path, quick: bool) -> Path:
-    """The weights trained without ``exclude`` ("all": nothing left out), trained if missing."""
-    from horovod_cutoff.model.train import train
+    """The weights trained without ``exclude`` ("all": nothing left out), trained if missing
+    by the ``horovod-cutoff train`` command itself, so its defaults are the recipe."""
+    from horovod_cutoff.model.train import main as train_command
 
     path = folder / (f"{CONTROL}.pt" if exclude == CONTROL else f"no_{exclude}.pt")
     if not _finished(path):
-        print(f"[lofo] training {path.name} ({ITERATIONS} iterations)", file=sys.stderr, flush=True)
+        iterations = 20 if quick else ITERATIONS
+        print(f"[lofo] training {path.name} ({iterations} iterations)", file=sys.stderr, flush=True)
         started = time.monotonic()
-        train(iterations=20 if quick else ITERATIONS, batch=12, steps=64, seed=0, lr=3e-3,
-              exclude=[] if exclude == CONTROL else [exclude], minutes=30.0, out=path, log_every=0)
+        train_command(["-o", str(path), "--iterations", str(iterations), "--minutes", "30"]
+                      + ([] if exclude == CONTROL else ["--exclude", exclude]))
         print(f"[lofo] {path.name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return path
 
@@ -60,9 +63,7 @@ def _fidelity(weights: Path, times: np.ndarray) -> dict:
     from horovod_cutoff.model.inference import predictive_trace
 
     start = int(0.8 * times.shape[0])
-    check = predictive_trace(load_model(weights), times, samples=64, start=start)
-    return {k: round(float(np.nanmean(check[key][start:])), 4)
-            for k, key in (("loglik", "loglik"), ("cover50", "in50"), ("cover90", "in90"))}
+    return summary(predictive_trace(load_model(weights), times, samples=64, start=start), start)
 
 
 def run(quick: bool = False) -> dict:
