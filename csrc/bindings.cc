@@ -70,12 +70,18 @@ PYBIND11_MODULE(_C, m) {
       .def_readonly("step", &StepResult::step)
       .def_readonly("count", &StepResult::count, "ranks whose gradients are in the average")
       .def_readonly("cutoff", &StepResult::cutoff, "seconds; inf: the step waited for all")
+      .def_readonly("quorum", &StepResult::quorum, "k: the k-th arrival ended it (0: none)")
       .def_readonly("next_cutoff", &StepResult::next_cutoff)
       .def_readonly("cutoff_basis", &StepResult::cutoff_basis,
                     "the last step the policy had observed when it chose next_cutoff")
       .def_readonly("seconds", &StepResult::seconds)
       .def_readonly("submitted_at", &StepResult::submitted_at)
+      .def_readonly("announced_at", &StepResult::announced_at,
+                    "when this rank announced its arrival, from step start (NaN: it did not)")
+      .def_readonly("started", &StepResult::started,
+                    "step start on this host's steady clock (seconds): compares ranks of one host")
       .def_readonly("contributed", &StepResult::contributed)
+      .def_readonly("ended_by_quorum", &StepResult::ended_by_quorum)
       .def_readonly("paused", &StepResult::paused)
       .def_property_readonly("times", [](const StepResult& r) { return to_array<double>(r.times); })
       .def_property_readonly("censored",
@@ -92,7 +98,9 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const std::string& name, int rank, int world, int64_t grad_numel,
                        const std::string& dtype, int device, int64_t fingerprint,
-                       double first_cutoff, int coordinator, int max_lag, int watchdog_steps) {
+                       double first_cutoff, int coordinator, int max_lag, int watchdog_steps,
+                       bool arrivals, const std::string& store_host, int store_port,
+                       double store_timeout) {
              hvdcut::EngineConfig c;
              c.name = name;
              c.rank = rank;
@@ -105,11 +113,17 @@ PYBIND11_MODULE(_C, m) {
              c.coordinator = coordinator;
              c.max_lag = max_lag;
              c.watchdog_steps = watchdog_steps;
+             c.arrivals = arrivals;
+             c.store_host = store_host;
+             c.store_port = store_port;
+             c.store_timeout = store_timeout;
              return std::make_unique<Engine>(c);
            }),
            py::arg("name"), py::arg("rank"), py::arg("world"), py::arg("grad_numel"),
            py::arg("dtype"), py::arg("device"), py::arg("fingerprint"), py::arg("first_cutoff"),
-           py::arg("coordinator") = 0, py::arg("max_lag") = 2, py::arg("watchdog_steps") = 100)
+           py::arg("coordinator") = 0, py::arg("max_lag") = 2, py::arg("watchdog_steps") = 100,
+           py::arg("arrivals") = false, py::arg("store_host") = "", py::arg("store_port") = 0,
+           py::arg("store_timeout") = 30.0)
       .def("contribute",
            [](Engine& e, int64_t step, const std::vector<at::Tensor>& grads) {
              py::gil_scoped_release nogil;
@@ -127,7 +141,9 @@ PYBIND11_MODULE(_C, m) {
              py::gil_scoped_release nogil;
              return e.take(step, grads);
            })
-      .def("set_next_cutoff", &Engine::set_next_cutoff, py::arg("seconds"), py::arg("basis"))
+      .def("set_next_cutoff", &Engine::set_next_cutoff, py::arg("seconds"), py::arg("basis"),
+           py::arg("quorum") = 0)
+      .def("store_port", &Engine::store_port)
       .def("next_observations", &Engine::next_observations, py::arg("timeout_s"),
            py::call_guard<py::gil_scoped_release>())
       .def("dropped_observations", &Engine::dropped_observations)

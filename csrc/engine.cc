@@ -9,11 +9,18 @@
 //   rank holding max_lag results is no longer cut: the others wait for it (bounded lag);
 // - Horovod is never called with our mutex held; its callback only queues and notifies, and
 //   no exception leaves the timer thread or the callback (either would end the process or
-//   stop Horovod's background thread): errors are stored and raised in the Python thread.
+//   stop Horovod's background thread): errors are stored and raised in the Python thread;
+// - with the arrival channel (steps >= 1 of a multi-rank engine; arrivals.h), every claim is
+//   announced before it enters Horovod, and a deadline cuts a computing rank only if someone
+//   has arrived: a deadline nobody met makes the step wait for every rank (or the quorum),
+//   the rule that follows a step nobody made, applied within the step so nothing is lost.
+//   The waiter thread cuts this rank at the k-th arrival. Channel calls are network round
+//   trips: never made with the mutex held.
 #include "engine.h"
 
 #include <torch/extension.h>
 
+#include <arpa/inet.h>
 #include <pthread.h>
 #include <sched.h>
 
@@ -30,6 +37,7 @@
 #include "horovod/common/common.h"
 #include "horovod/common/operations.h"
 #include "horovod/torch/adapter_v2.h"
+#include "arrivals.h"
 #include "layout.h"
 #include "pack.h"
 #ifdef HOROVOD_CUTOFF_WITH_CUDA
@@ -52,6 +60,10 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kMaxCutoff = 1e6;
 constexpr size_t kMaxObservations = 256;
 constexpr double kCloseGraceSeconds = 5.0;
+// A failed arrival channel becomes this engine's error after this long, unless an error that
+// explains it (a rank's death or close, reported by Horovod) arrives first.
+constexpr double kChannelGraceSeconds = 2.0;
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 double effective(double cutoff) { return cutoff > kMaxCutoff ? kInf : cutoff; }
 
@@ -160,6 +172,30 @@ struct EngineState {
   int64_t dropped = 0;
   bool inject_timer_fault = false;  // tests: the timer throws at its first cut
 
+  // The arrival channel. `channel` is set once (the coordinator: at construction; the others:
+  // on the timer thread once step 0 told them its address) and then only read.
+  std::unique_ptr<ArrivalChannel> channel;
+  std::condition_variable arrival_cv;  // wakes the waiter, and a contribute() awaiting the channel
+  bool channel_wanted = false;         // this engine uses one (config.arrivals and world > 1)
+  std::string join_host;               // where to join it (known after step 0)
+  int join_port = 0;
+  std::string channel_fault;           // why it failed: the error at channel_fault_at
+  Clock::time_point channel_fault_at = Clock::time_point::max();
+  int64_t quorum = 0;                  // `open`'s k (0: none)
+  int64_t policy_quorum = 0;
+  int64_t carried_quorum = 0;
+  bool waiting_all = false;  // `open`'s deadline passed with nobody arrived: no deadline cut
+  bool ended = false;        // `open` ended at its quorum (its waiter has seen the end)
+  bool cut_by_quorum = false;
+  double announced_at = kNaN;
+  int64_t waiter_step = -1;  // the step the waiter blocks on (close wakes it)
+
+  // The channel serves step `step`: every rank uses it from step 1 on, or not at all.
+  bool channel_serves(int64_t step) const {
+    return channel_wanted && step >= 1 && channel_fault.empty();
+  }
+  int64_t quorum_k() const { return quorum > 0 ? quorum : config.world; }
+
   BufferPtr new_buffer(bool zero) {
     auto b = std::make_shared<Buffer>();
     b->data = zero ? at::zeros({layout.total()}, options) : at::empty({layout.total()}, options);
@@ -186,6 +222,14 @@ struct EngineState {
     if (config.rank == config.coordinator) {
       h[L.next_cutoff() - base] = next;
       h[L.cutoff_age() - base] = static_cast<double>(step - basis);
+      h[L.next_quorum() - base] = static_cast<double>(carried_quorum);
+      if (channel) {
+        h[L.store_port() - base] = static_cast<double>(channel->port());
+        in_addr a{};
+        inet_pton(AF_INET, channel->address().c_str(), &a);  // checked at construction
+        const auto* octets = reinterpret_cast<const uint8_t*>(&a.s_addr);
+        for (int i = 0; i < 4; ++i) h[L.store_ip(i) - base] = octets[i];
+      }
     }
     h[L.paused() - base] = touched_by_pause ? 1.0 : 0.0;
     h[L.time(config.rank) - base] = time;
@@ -234,6 +278,56 @@ void store_error(EngineState& s, const std::string& message) {
   if (s.error.empty()) s.error = message;
   s.done_cv.notify_all();
   s.timer_cv.notify_all();
+  s.arrival_cv.notify_all();
+}
+
+// Lock held: a channel call failed. From now on deadlines cut as without a channel; the timer
+// makes the fault this engine's error after a grace, unless the engine closes or an error
+// that explains it comes first.
+void channel_failed(EngineState& s, const std::string& what) {
+  if (s.channel_fault.empty()) {
+    s.channel_fault = "horovod_cutoff: the arrival channel (the TCPStore hosted by rank " +
+                      std::to_string(s.config.coordinator) + ") failed on rank " +
+                      std::to_string(s.config.rank) + ": " + what;
+    s.channel_fault_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(kChannelGraceSeconds));
+  }
+  s.timer_cv.notify_all();
+  s.arrival_cv.notify_all();
+}
+
+// Lock held on entry and exit (released for the round trip): announces this rank's claim of
+// the open step `step`. A rank that has not joined the channel yet waits for it.
+void announce(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mutex>& lock,
+              int64_t step, bool arrival) {
+  EngineState& s = *sp;
+  if (!s.channel_serves(step)) return;
+  s.arrival_cv.wait(lock, [&] {
+    return s.channel || !s.channel_fault.empty() || !s.error.empty() || s.stop;
+  });
+  if (!s.channel || !s.channel_serves(step)) return;
+  ArrivalChannel* channel = s.channel.get();
+  const int64_t k = s.quorum_k();
+  if (arrival) s.announced_at = seconds_between(s.start, Clock::now());
+  lock.unlock();
+  std::string fault;
+  try {
+    channel->announce(step, arrival, k);
+  } catch (const std::exception& e) {
+    fault = e.what();
+  }
+  lock.lock();
+  if (!fault.empty()) channel_failed(s, fault);
+}
+
+// Lock held: this rank holds max_lag unapplied results, so it is not cut again; the others
+// wait until its Python thread catches up (the lag bound).
+bool at_lag_bound(EngineState& s) {
+  if (static_cast<int>(s.results.size()) >= s.config.max_lag || s.free_outputs.empty()) {
+    s.hold = true;
+    return true;
+  }
+  return false;
 }
 
 // Submits `input` (reduced into `output`) as this rank's contribution to `step`. Called
@@ -277,9 +371,10 @@ void submit(const std::shared_ptr<EngineState>& s, int64_t step, BufferPtr input
   }
 }
 
-// Claims the open step for a zero contribution and submits it. Lock held on entry and exit.
+// Claims the open step for a zero contribution, announces the claim (unless the step's end is
+// already known) and submits it. Lock held on entry and exit.
 void submit_zeros(const std::shared_ptr<EngineState>& s, std::unique_lock<std::mutex>& lock,
-                  bool closed = false) {
+                  bool closed = false, bool announce_claim = true) {
   BufferPtr output = s->take_free();
   if (!output) {  // unreachable while the lag bound holds; never hang on it
     store_error(*s, "horovod_cutoff: internal error: no free output buffer at step " +
@@ -289,7 +384,10 @@ void submit_zeros(const std::shared_ptr<EngineState>& s, std::unique_lock<std::m
   s->submitted = true;
   s->with_gradients = false;
   const int64_t step = s->open;
-  const double time = std::isfinite(s->cutoff) ? s->cutoff : seconds_between(s->start, Clock::now());
+  // The censored time: the cutoff, or when the step ended for this rank (a quorum, waiting).
+  const double elapsed = seconds_between(s->start, Clock::now());
+  const double time = std::isfinite(s->cutoff) ? std::min(s->cutoff, elapsed) : elapsed;
+  if (announce_claim) announce(s, lock, step, /*arrival=*/false);
   lock.unlock();
   submit(s, step, s->zeros, output, /*with_gradients=*/false, time, closed);
   lock.lock();
@@ -312,9 +410,13 @@ void complete(EngineState& s, const Completion& c) {
   r.step = c.step;
   r.count = std::llround(at(L.count()));
   r.cutoff = s.cutoff;
+  r.quorum = s.quorum;
   r.seconds = seconds_between(s.start, c.at);
   r.submitted_at = s.submitted_at;
+  r.announced_at = s.announced_at;
+  r.started = std::chrono::duration<double>(s.start.time_since_epoch()).count();
   r.contributed = s.with_gradients;
+  r.ended_by_quorum = s.cut_by_quorum;
   r.paused = at(L.paused()) > 0.5;
   std::vector<int> closed;
   for (int64_t k = 0; k < s.config.world; ++k) {
@@ -338,16 +440,35 @@ void complete(EngineState& s, const Completion& c) {
   const double delivered = at(L.next_cutoff());
   if (delivered > 0) {
     s.policy_cutoff = effective(delivered);
+    s.policy_quorum = std::llround(at(L.next_quorum()));
     s.policy_basis = c.step - std::llround(at(L.cutoff_age()));
   }
   double next = s.policy_cutoff;
+  int64_t next_quorum = s.policy_quorum;
   r.cutoff_basis = s.policy_basis;
   // A policy that stopped answering (its service is stuck): wait for all until it answers.
-  if (c.step - s.policy_basis > s.config.watchdog_steps) next = kInf;
   // Nobody made it: the next step waits for every rank, identically on every rank. (The one
   // rule for a step nobody made; the simulator's copy is policies.base.cutoff_after_empty_step.)
-  if (r.count == 0) next = kInf;
+  if (c.step - s.policy_basis > s.config.watchdog_steps || r.count == 0) {
+    next = kInf;
+    next_quorum = 0;
+  }
   r.next_cutoff = next;
+  if (c.step == 0 && s.channel_wanted && !s.channel) {
+    // Where the coordinator's arrival channel listens; the timer thread joins it next.
+    s.join_port = static_cast<int>(std::llround(at(L.store_port())));
+    if (!s.config.store_host.empty()) {
+      s.join_host = s.config.store_host;
+    } else {
+      s.join_host.clear();
+      for (int i = 0; i < 4; ++i) {
+        s.join_host += (i ? "." : "") + std::to_string(std::llround(at(L.store_ip(i))));
+      }
+    }
+    if (s.join_port <= 0) {
+      channel_failed(s, "the coordinator advertised no channel (was it built with arrivals off?)");
+    }
+  }
 
   const bool keep = r.count > 0;
   if (!keep) s.free_outputs.push_back(output);
@@ -363,12 +484,18 @@ void complete(EngineState& s, const Completion& c) {
   s.open = c.step + 1;
   s.start = c.at;
   s.cutoff = next;
+  s.quorum = next_quorum;
   s.deadline = deadline_of(s.start, next);
   s.submitted = false;
   s.with_gradients = false;
   s.hold = s.paused;
   s.touched_by_pause = s.paused;
+  s.waiting_all = false;
+  s.ended = false;
+  s.cut_by_quorum = false;
+  s.announced_at = kNaN;
   s.done_cv.notify_all();
+  s.arrival_cv.notify_all();
 }
 
 // The deadline must hold even when every core is busy with compute: a real-time priority
@@ -391,8 +518,32 @@ bool timer_pass(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mu
     s.completions.pop_front();
     complete(s, c);
   }
-  const auto now = Clock::now();
   if (s.stop) return false;
+  if (s.channel_wanted && !s.channel && s.join_port > 0 && s.channel_fault.empty() &&
+      !s.closing) {
+    // Join the coordinator's channel before anything of step 1 happens on this rank.
+    const std::string host = s.join_host;
+    const int port = s.join_port;
+    lock.unlock();
+    std::unique_ptr<ArrivalChannel> joined;
+    std::string fault;
+    try {
+      joined = ArrivalChannel::join(s.config.name, host, port, s.config.rank, s.config.world,
+                                    s.config.store_timeout);
+    } catch (const std::exception& e) {
+      fault = "could not reach " + host + ":" + std::to_string(port) +
+              " (set HOROVOD_CUTOFF_STORE_ADDR to an address every rank reaches): " + e.what();
+    }
+    lock.lock();
+    if (joined) s.channel = std::move(joined);
+    if (!fault.empty()) channel_failed(s, fault);
+    s.arrival_cv.notify_all();
+    return true;
+  }
+  const auto now = Clock::now();
+  if (!s.channel_fault.empty() && s.error.empty() && !s.closing && now >= s.channel_fault_at) {
+    store_error(s, s.channel_fault);
+  }
   if (s.closing) {
     // Tell the other ranks, through the open step, that this optimizer is gone.
     if (!s.submitted && s.error.empty()) {
@@ -410,13 +561,34 @@ bool timer_pass(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mu
 #ifdef HOROVOD_CUTOFF_WITH_CUDA
   if (s.pending_pack) {
     const bool ready = s.pending_pack->Ready();
-    const bool late = now >= s.deadline && !s.hold;
+    bool late = s.ended || (now >= s.deadline && !s.hold && !s.waiting_all);
+    if (late && !s.ended && s.channel_serves(s.open) && s.channel) {
+      // The deadline cuts only if someone has arrived (see the top of this file).
+      const int64_t step = s.open;
+      ArrivalChannel* channel = s.channel.get();
+      lock.unlock();
+      Tally tally;
+      std::string fault;
+      try {
+        tally = channel->mark(step);
+      } catch (const std::exception& e) {
+        fault = e.what();
+      }
+      lock.lock();
+      if (!fault.empty()) channel_failed(s, fault);
+      if (s.open != step || !s.pending_pack) return true;
+      if (fault.empty() && tally.arrivals == 0) {
+        s.waiting_all = true;
+        return true;
+      }
+    }
     if (ready || late) {
       BufferPtr packed = std::move(s.pending_buffer);
       packed->last_use = std::move(s.pending_pack);
       const int64_t step = s.open;
       if (ready && !late) {
         const double time = s.pending_time;
+        announce(sp, lock, step, /*arrival=*/true);
         lock.unlock();
         submit(sp, step, packed, packed, /*with_gradients=*/true, time);
         lock.lock();
@@ -425,7 +597,8 @@ bool timer_pass(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mu
         // buffer returns to the pool (Horovod waits for the pack before reusing it).
         s.free_outputs.push_back(packed);
         s.submitted = false;
-        submit_zeros(sp, lock);
+        s.cut_by_quorum = s.ended;
+        submit_zeros(sp, lock, /*closed=*/false, /*announce_claim=*/!s.ended);
       }
       return true;
     }
@@ -433,24 +606,45 @@ bool timer_pass(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mu
     return true;
   }
 #endif
-  if (!s.submitted && !s.hold && now >= s.deadline) {
-    if (static_cast<int>(s.results.size()) >= s.config.max_lag || s.free_outputs.empty()) {
-      // The lag bound: this rank holds max_lag unapplied results, so it is not cut again;
-      // the others wait until its Python thread catches up.
-      s.hold = true;
-      return true;
-    }
+  if (!s.submitted && !s.hold && !s.waiting_all && now >= s.deadline) {
+    if (at_lag_bound(s)) return true;
     if (s.inject_timer_fault) {
       s.inject_timer_fault = false;
       throw std::runtime_error("injected fault (HOROVOD_CUTOFF_INJECT_TIMER_FAULT)");
     }
+    if (s.channel_serves(s.open) && s.channel) {
+      // Cut only if someone has arrived; else the step waits for every rank (or the quorum).
+      const int64_t step = s.open;
+      ArrivalChannel* channel = s.channel.get();
+      lock.unlock();
+      Tally tally;
+      std::string fault;
+      try {
+        tally = channel->mark(step);
+      } catch (const std::exception& e) {
+        fault = e.what();
+      }
+      lock.lock();
+      if (!fault.empty()) {
+        channel_failed(s, fault);  // the next pass cuts by the deadline alone
+        return true;
+      }
+      if (s.open != step || s.submitted) return true;
+      if (tally.arrivals == 0) {
+        s.waiting_all = true;
+        return true;
+      }
+    }
     submit_zeros(sp, lock);
     return true;
   }
-  if (s.submitted || s.hold || s.deadline == Clock::time_point::max()) {
+  auto until = Clock::time_point::max();
+  if (!s.submitted && !s.hold && !s.waiting_all) until = s.deadline;
+  if (!s.channel_fault.empty() && s.error.empty()) until = std::min(until, s.channel_fault_at);
+  if (until == Clock::time_point::max()) {
     s.timer_cv.wait(lock);
   } else {
-    s.timer_cv.wait_until(lock, s.deadline);
+    s.timer_cv.wait_until(lock, until);
   }
   return true;
 }
@@ -471,6 +665,56 @@ void timer_loop(std::shared_ptr<EngineState> s) {
   }
   s->stop = true;
   s->done_cv.notify_all();
+  s->arrival_cv.notify_all();
+}
+
+// The arrival channel's waiter: for each step from 1 on, blocks until the step ends (the
+// k-th arrival, or every rank has claimed it) and cuts this rank if it is still computing.
+// It visits every step in order, so each of its wake keys is deleted once used.
+void waiter_loop(std::shared_ptr<EngineState> sp) {
+  EngineState& s = *sp;
+  const bool coordinator = s.config.rank == s.config.coordinator;
+  std::unique_lock<std::mutex> lock(s.mu);
+  auto quit = [&] { return s.stop || s.closing || !s.error.empty() || !s.channel_fault.empty(); };
+  for (int64_t t = 1;; ++t) {
+    s.arrival_cv.wait(lock, [&] { return quit() || (s.channel && s.open >= t); });
+    if (quit()) break;
+    ArrivalChannel* channel = s.channel.get();
+    s.waiter_step = t;
+    lock.unlock();
+    std::string fault;
+    try {
+      channel->wait_end(t);
+    } catch (const std::exception& e) {
+      fault = e.what();
+    }
+    lock.lock();
+    s.waiter_step = -1;
+    if (s.stop || s.closing) break;
+    if (!fault.empty()) {
+      channel_failed(s, fault);
+      break;
+    }
+    if (s.open == t) {
+      s.ended = true;
+      if (!s.submitted && !s.hold && !at_lag_bound(s)) {
+        s.cut_by_quorum = true;
+        submit_zeros(sp, lock, /*closed=*/false, /*announce_claim=*/false);
+      }
+      s.timer_cv.notify_all();  // a device pack still pending is now too late
+    }
+    lock.unlock();
+    try {
+      channel->forget(t, /*previous_counter=*/coordinator);
+    } catch (const std::exception& e) {
+      fault = e.what();
+    }
+    lock.lock();
+    if (!fault.empty()) {
+      if (!s.stop && !s.closing) channel_failed(s, fault);
+      break;
+    }
+  }
 }
 
 }  // namespace
@@ -511,11 +755,31 @@ Engine::Engine(const EngineConfig& config) {
   for (int i = 0; i <= config.max_lag; ++i) s->free_outputs.push_back(s->new_buffer(false));
   const char* fault = std::getenv("HOROVOD_CUTOFF_INJECT_TIMER_FAULT");
   s->inject_timer_fault = fault != nullptr && std::strcmp(fault, "1") == 0;
+  s->channel_wanted = config.arrivals && config.world > 1;
+  if (s->channel_wanted && config.rank == config.coordinator) {
+    in_addr a{};
+    if (inet_pton(AF_INET, config.store_host.c_str(), &a) != 1) {
+      throw std::invalid_argument("store_host must be an IPv4 address the other ranks reach, got '" +
+                                  config.store_host + "'");
+    }
+    if (config.store_port < 0 || config.store_port > 65535) {
+      throw std::invalid_argument("store_port must lie in [0, 65535] (0: any free port)");
+    }
+    try {
+      s->channel = ArrivalChannel::host(config.name, config.store_host, config.store_port,
+                                        config.rank, config.world, config.store_timeout);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("horovod_cutoff: could not host the arrival channel at " +
+                               config.store_host + ":" + std::to_string(config.store_port) +
+                               ": " + e.what());
+    }
+  }
   s->start = Clock::now();
   s->cutoff = effective(config.first_cutoff);
   s->deadline = deadline_of(s->start, s->cutoff);
   state_ = s;
   timer_ = std::thread(timer_loop, s);
+  if (s->channel_wanted) waiter_ = std::thread(waiter_loop, s);
 }
 
 Engine::~Engine() {
@@ -535,8 +799,24 @@ void Engine::close() {
     }
     state_->timer_cv.notify_all();
     state_->done_cv.notify_all();
+    state_->arrival_cv.notify_all();
   }
-  if (timer_.joinable()) timer_.join();
+  if (timer_.joinable()) timer_.join();  // sends (and announces) this rank's closing zeros
+  if (waiter_.joinable()) {
+    int64_t blocked_on = -1;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      blocked_on = state_->waiter_step;
+    }
+    if (blocked_on >= 0 && state_->channel) {
+      try {
+        state_->channel->wake(blocked_on);
+      } catch (...) {
+        // A dead channel has already failed the wait.
+      }
+    }
+    waiter_.join();
+  }
 }
 
 Outcome Engine::contribute(int64_t step, const std::vector<at::Tensor>& grads) {
@@ -553,7 +833,9 @@ Outcome Engine::contribute(int64_t step, const std::vector<at::Tensor>& grads) {
   }
   if (s.submitted) return Outcome::kCut;  // the timer sent zeros while this rank computed
   const auto now = Clock::now();
-  if (now >= s.deadline && !s.hold) {
+  // With the channel only a claim cuts (a deadline nobody met waits for this rank too).
+  const bool arrivals = s.channel_serves(step);
+  if (!arrivals && now >= s.deadline && !s.hold) {
     submit_zeros(state_, lock);
     return Outcome::kCut;
   }
@@ -565,6 +847,8 @@ Outcome Engine::contribute(int64_t step, const std::vector<at::Tensor>& grads) {
   s.submitted = true;
   s.with_gradients = true;
   const double time = seconds_between(s.start, now);
+  // On a device the arrival is when its gradients are ready: the timer announces it then.
+  if (arrivals && s.config.device < 0) announce(state_, lock, step, /*arrival=*/true);
   lock.unlock();
   try {
     pack_gradients(grads, buffer->data);
@@ -607,6 +891,7 @@ bool Engine::is_cut(int64_t step) const {
   if (step < s.open) return true;
   if (step > s.open) return false;
   if (s.submitted) return !s.with_gradients;
+  if (s.channel_serves(step)) return false;  // only a claim cuts
   return !s.hold && Clock::now() >= s.deadline;
 }
 
@@ -655,10 +940,20 @@ StepResult Engine::take(int64_t step, std::vector<at::Tensor>& grads) {
   return stored.result;
 }
 
-void Engine::set_next_cutoff(double seconds, int64_t basis) {
+void Engine::set_next_cutoff(double seconds, int64_t basis, int64_t quorum) {
+  if (quorum < 0 || quorum > state_->config.world) {
+    throw std::invalid_argument("quorum must lie in [0, world] (0: none), got " +
+                                std::to_string(quorum));
+  }
   std::lock_guard<std::mutex> lock(state_->mu);
   state_->carried = seconds;
   state_->carried_basis = basis;
+  state_->carried_quorum = quorum;
+}
+
+int Engine::store_port() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->channel ? state_->channel->port() : 0;
 }
 
 std::vector<StepResult> Engine::next_observations(double timeout_s) {

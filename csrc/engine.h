@@ -28,12 +28,18 @@ struct StepResult {
   int64_t step = 0;
   int64_t count = 0;           // contributors
   double cutoff = 0;           // the cutoff this step ran under (inf: waited for all)
+  int64_t quorum = 0;          // the arrivals that ended it early (0: none asked)
   double next_cutoff = 0;      // the cutoff step+1 runs under (every rule applied)
   int64_t cutoff_basis = -1;   // the last step the coordinator's policy had seen when it chose
                                // next_cutoff (-1: chosen before any observation)
   double seconds = 0;          // this rank's wall time from step start to reduction done
   double submitted_at = 0;     // when this rank's contribution entered Horovod, from step start
+  double announced_at = 0;     // when this rank began announcing its arrival, from step start
+                               // (NaN: it did not arrive)
+  double started = 0;          // step start on this host's steady clock, seconds (compares
+                               // ranks on one host)
   bool contributed = false;    // this rank's gradients are in the sum
+  bool ended_by_quorum = false;  // this rank was cut by the k-th arrival, not by the deadline
   bool paused = false;         // some rank was inside opt.paused(): times are not a sample
   std::vector<double> times;   // per rank: compute time, or the cutoff if censored
   std::vector<uint8_t> censored;
@@ -53,6 +59,13 @@ struct EngineConfig {
   double first_cutoff = 0;   // step 0's cutoff (inf: wait for all)
   int max_lag = 2;           // stored results a lagging rank may hold before it stops being cut
   int watchdog_steps = 100;  // a cutoff older than this many steps means: wait for all
+  // The arrival channel (world > 1): the coordinator hosts it on store_port (0: any free one)
+  // and advertises store_host (IPv4), which the others reach; a non-empty store_host on
+  // another rank overrides the advertised address.
+  bool arrivals = false;
+  std::string store_host;
+  int store_port = 0;
+  double store_timeout = 30;  // seconds a channel operation may take before it is a fault
 };
 
 struct EngineState;
@@ -76,9 +89,11 @@ class Engine {
   // Takes reduction `step` (after wait): writes sum/count into grads when count > 0, zeros
   // when nobody contributed (so every rank's gradients are identical either way).
   StepResult take(int64_t step, std::vector<at::Tensor>& grads);
-  // Coordinator: the cutoff the next submitted reduction carries to every rank, chosen from
-  // observations up to step `basis`.
-  void set_next_cutoff(double seconds, int64_t basis);
+  // Coordinator: the cutoff (and quorum, 0 for none) the next submitted reduction carries to
+  // every rank, chosen from observations up to step `basis`.
+  void set_next_cutoff(double seconds, int64_t basis, int64_t quorum = 0);
+  // Coordinator: the arrival channel's port (0 without one).
+  int store_port() const;
   // Coordinator: waits up to timeout_s (no GIL) for completed steps the policy has not seen;
   // returns them in order (at most the last 256: older ones are dropped and counted).
   std::vector<StepResult> next_observations(double timeout_s);
@@ -92,6 +107,7 @@ class Engine {
  private:
   std::shared_ptr<EngineState> state_;
   std::thread timer_;
+  std::thread waiter_;  // the arrival channel's: ends the step here at the k-th arrival
 };
 
 }  // namespace hvdcut

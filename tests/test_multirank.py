@@ -83,8 +83,10 @@ def test_rank_busy_ten_times_the_cutoff_does_not_hold_the_others(horovodrun, mod
 
 
 def test_step_with_no_contributor_applies_nothing_and_widens_the_cutoff(horovodrun):
+    # Only without the arrival channel can a step end with nobody (with it, see the next test).
     cutoff = 0.1
-    job = horovodrun(2, "count_zero", steps=7, cutoff=cutoff, late_step=3)
+    job = horovodrun(2, "count_zero", steps=7, cutoff=cutoff, late_step=3,
+                     opt={"arrivals": False})
     assert job.returncode == 0, job.output[-3000:]
     for r in range(2):
         stats, deltas = job.rank(r)["stats"], job.rank(r)["deltas"]
@@ -93,6 +95,18 @@ def test_step_with_no_contributor_applies_nothing_and_widens_the_cutoff(horovodr
         assert stats[4]["cutoff"] >= 2 * stats[3]["cutoff"] * 0.999
         assert stats[4]["contributors"] == 2, "the widened cutoff should let both ranks in"
         np.testing.assert_allclose(deltas[2], -np.ones(4), rtol=1e-6)
+
+
+def test_deadline_nobody_met_waits_for_every_rank_with_arrivals(horovodrun):
+    """Every rank late for one step: with the arrival channel nobody is cut (before: a step
+    with no contributor, all its gradients lost)."""
+    job = horovodrun(2, "count_zero", steps=7, cutoff=0.1, late_step=3)
+    assert job.returncode == 0, job.output[-3000:]
+    for r in range(2):
+        stats, deltas = job.rank(r)["stats"], job.rank(r)["deltas"]
+        assert [s["contributors"] for s in stats] == [2] * 7, stats
+        np.testing.assert_allclose(deltas[3], -np.ones(4), rtol=1e-6)
+        assert stats[3]["step_seconds"] > 0.25, "the step should have waited for the late ranks"
 
 
 def test_ranks_with_different_cutoff_configurations_all_get_a_clear_error(horovodrun):
@@ -114,7 +128,9 @@ def test_dead_rank_ends_the_job_with_an_error_in_bounded_time(horovodrun, cutoff
 
 @pytest.mark.parametrize("use_paused", [True, False], ids=["paused", "without_paused"])
 def test_pause_taken_by_every_rank(horovodrun, use_paused):
-    job = horovodrun(2, "pause", steps=8, cutoff=0.1, pause_at=4, pause=2.0, use_paused=use_paused)
+    # Without the arrival channel: tests/test_arrivals.py has the pause with it.
+    job = horovodrun(2, "pause", steps=8, cutoff=0.1, pause_at=4, pause=2.0, use_paused=use_paused,
+                     opt={"arrivals": False})
     assert job.returncode == 0, job.output[-3000:]
     stats = [job.rank(r)["stats"] for r in range(2)]
     counts = [s["contributors"] for s in stats[0]]

@@ -1,17 +1,26 @@
 """The partial, deadline-bounded reduction of one optimizer step, on top of the csrc engine.
 
-Per step: this rank offers its gradients (or nothing, if the cutoff passed: the engine's C++
-timer has then submitted zeros for it); one fused Horovod allreduce sums gradients, the
+Per step: this rank offers its gradients (or nothing, if the step ended first: the engine's
+C++ threads have then submitted zeros for it); one fused Horovod allreduce sums gradients, the
 contributor count and every rank's time; every rank divides by the count. The policy runs
-elsewhere (service.py, on the coordinator); its cutoff travels inside the reductions, so the
-cutoff of step t is chosen from the times of steps up to t-2 or earlier.
+elsewhere (service.py, on the coordinator); its cutoff and quorum travel inside the
+reductions, so the cutoff of step t is chosen from the times of steps up to t-2 or earlier.
+
+With more than one rank, a step ends at min(cutoff, k-th arrival) and never with nobody while
+ranks compute: the engine announces arrivals through a TCPStore the coordinator hosts (DESIGN
+"Arrivals"). Its address travels in step 0's reduction; ``HOROVOD_CUTOFF_STORE_ADDR`` and
+``HOROVOD_CUTOFF_STORE_PORT`` override what the coordinator advertises.
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
 import json
 import math
+import os
+import socket
+import struct
 import threading
 import time
 import warnings
@@ -60,6 +69,54 @@ def _engine_name(config_fingerprint: int) -> str:
         k = _engines_made[config_fingerprint]
         _engines_made[config_fingerprint] += 1
     return f"{config_fingerprint:06x}.{k}"
+
+
+def _interface_address(interface: str) -> str:
+    """The IPv4 address of a network interface (Linux)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("256s", interface.encode()[:15])
+        return socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, request)[20:24])  # SIOCGIFADDR
+
+
+def store_address() -> str:
+    """The IPv4 address the coordinator advertises for its arrival channel: the one every rank
+    reaches. HOROVOD_CUTOFF_STORE_ADDR if set; else the address of the interface Horovod's
+    Gloo uses (HOROVOD_GLOO_IFACE, set by horovodrun); else the address that routes to
+    horovodrun's rendezvous server; else this host's name resolved."""
+    explicit = os.environ.get("HOROVOD_CUTOFF_STORE_ADDR")
+    try:
+        if explicit:
+            return socket.gethostbyname(explicit)
+    except OSError as err:
+        raise ValueError(f"HOROVOD_CUTOFF_STORE_ADDR={explicit!r} does not resolve to an IPv4 "
+                         f"address: {err}") from None
+    interface = os.environ.get("HOROVOD_GLOO_IFACE")
+    if interface:
+        try:
+            return _interface_address(interface)
+        except OSError:
+            pass  # not an IPv4 interface: try the route below
+    rendezvous = os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR")
+    if rendezvous:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((rendezvous, 1))  # UDP: sends nothing, picks the outgoing address
+                return s.getsockname()[0]
+        except OSError:
+            pass
+    return socket.gethostbyname(socket.gethostname())
+
+
+def store_port() -> int:
+    """HOROVOD_CUTOFF_STORE_PORT (the coordinator hosts the channel there), or 0: any free port."""
+    text = os.environ.get("HOROVOD_CUTOFF_STORE_PORT", "0")
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"HOROVOD_CUTOFF_STORE_PORT must be a port number in [0, 65535], got {text!r}")
+    return port
 
 
 def _buffer_dtype(params: Sequence[torch.Tensor]) -> str:
@@ -161,6 +218,7 @@ class PartialReduction:
         watchdog_steps: int,
         fallback: Optional[Callable[[], CutoffPolicy]] = None,
         sparse_as_dense: bool = False,
+        arrivals: bool = True,
     ):
         if not params:
             raise ValueError("params: the optimizer has no parameters")
@@ -186,6 +244,7 @@ class PartialReduction:
             "cutoff": policy_config,
             "world": size,
             "coordinator": coordinator,
+            "arrivals": bool(arrivals),
             "dtype": dtype,
             "params": [[n, list(p.shape)] for n, p in zip(self.names, self.params)],
         }
@@ -193,12 +252,17 @@ class PartialReduction:
         # The name must match across ranks even when the cutoff settings do not (step 0 then
         # reports the mismatch on every rank), so it comes from the reduction's shape alone.
         shape = {k: self.config[k] for k in ("world", "dtype", "params")}
-        # Step 0 waits for everyone: there is nothing to predict from, and it checks the config.
+        # Step 0 waits for everyone: there is nothing to predict from, it checks the config, and
+        # it carries the arrival channel's address.
+        channel = arrivals and size > 1
+        host = (store_address() if rank == coordinator
+                else os.environ.get("HOROVOD_CUTOFF_STORE_ADDR", "")) if channel else ""
         self.engine = _C.Engine(_engine_name(fingerprint(shape)), rank, size, numel, dtype,
                                 _device_index(self.params), self.fingerprint, math.inf,
                                 coordinator=coordinator, max_lag=max_lag,
-                                watchdog_steps=watchdog_steps)
-        self.service = (CutoffService(self.engine, policy, fallback).start()
+                                watchdog_steps=watchdog_steps, arrivals=channel,
+                                store_host=host, store_port=store_port() if channel else 0)
+        self.service = (CutoffService(self.engine, policy, fallback, workers=size).start()
                         if rank == coordinator else None)
         self._hooks = _AbandonHooks(self, self.params)
         self._finalizer = weakref.finalize(self, _shut_down, self.engine, self.service, [self._hooks])
@@ -328,12 +392,16 @@ class PartialReduction:
         self.stats.append({
             "step": result.step,
             "cutoff": result.cutoff,
+            "quorum": result.quorum,
             "cutoff_basis": self._basis,
             "contributors": result.count,
             "times": result.times,
             "censored": result.censored,
             "step_seconds": result.seconds,
             "submitted_at": result.submitted_at,
+            "announced_at": result.announced_at,
+            "started": result.started,
+            "ended_by_quorum": result.ended_by_quorum,
             "outcome": outcome.name.lower(),
             "paused": result.paused,
             "behind": result.behind,

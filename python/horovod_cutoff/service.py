@@ -2,10 +2,12 @@
 critical path (DESIGN "One step, as data", step 6).
 
 The engine hands it every completed reduction (times and censoring flags); the service feeds
-them to the policy in order and gives the engine the next cutoff whenever it has one. The
+them to the policy in order and gives the engine the next cutoff (and quorum, for a policy
+that answers one) whenever it has one. The
 latest answer wins; a stale one is reused; the engine falls back to waiting for all if no
 answer comes for ``watchdog_steps`` steps. A policy that raises or answers NaN, inf or <= 0
-is replaced by a fallback (waiting for every worker unless told otherwise), with one warning.
+is replaced by a fallback (waiting for every worker unless told otherwise), with one warning;
+so is one whose quorum is not a number of workers in [1, N].
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ class CutoffService:
     """One thread on the coordinator rank that turns observed steps into cutoffs."""
 
     def __init__(self, engine: Any, policy: CutoffPolicy,
-                 fallback: Optional[Callable[[], CutoffPolicy]] = None):
+                 fallback: Optional[Callable[[], CutoffPolicy]] = None, workers: int = 1):
         self.engine = engine
+        self.workers = workers
         self.policy = policy
         self._fallback = fallback or NoCutoff
         self.failed: Optional[str] = None  # why the policy was replaced, if it was
@@ -75,13 +78,20 @@ class CutoffService:
         for _ in range(3):  # the policy, its fallback, then NoCutoff, which cannot fail
             try:
                 c = float(self.policy.cutoff())
+                quorum = getattr(self.policy, "quorum", None)
+                k = quorum() if quorum is not None else None
             except Exception as err:
-                self._fall_back(f"cutoff() raised {type(err).__name__}: {err}")
+                self._fall_back(f"cutoff() or quorum() raised {type(err).__name__}: {err}")
                 continue
             if math.isnan(c) or c <= 0:
                 self._fall_back(f"cutoff() returned {c}")
                 continue
-            self.engine.set_next_cutoff(c, basis)
+            if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer))
+                                  or not 1 <= k <= self.workers):
+                self._fall_back(f"quorum() returned {k!r}, not a number of workers in "
+                                f"[1, {self.workers}]")
+                continue
+            self.engine.set_next_cutoff(c, basis, 0 if k is None else int(k))
             return
 
     def _fall_back(self, why: str) -> None:

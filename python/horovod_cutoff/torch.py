@@ -142,6 +142,7 @@ def DistributedOptimizer(
     coordinator: int = 0,
     stats_window: Optional[int] = 1000,
     watchdog_steps: int = 100,
+    arrivals: bool = True,
 ):
     """Horovod's DistributedOptimizer, plus ``cutoff``: a policy name or object.
 
@@ -152,12 +153,15 @@ def DistributedOptimizer(
     ``max_lag`` unapplied results a lagging rank may hold before it stops being cut,
     ``coordinator`` the rank whose policy chooses the cutoff, ``stats_window`` steps kept by
     ``cutoff_stats()`` (None: all), ``watchdog_steps`` steps without a fresh cutoff after
-    which every step waits for all.
+    which every step waits for all. ``arrivals`` (default on, with more than one rank): a step
+    ends at min(cutoff, the policy's k-th arrival) and never with nobody while ranks compute,
+    through a TCPStore the coordinator hosts (README, "Arrivals"; False: cutoff alone).
     """
     if cutoff is None:
         given = dict(cutoff_options=cutoff_options, step_timeout=step_timeout,
                      stall_warning=stall_warning, max_lag=max_lag, coordinator=coordinator,
-                     stats_window=stats_window, watchdog_steps=watchdog_steps)
+                     stats_window=stats_window, watchdog_steps=watchdog_steps,
+                     arrivals=arrivals)
         defaults = inspect.signature(DistributedOptimizer).parameters
         for argument, value in given.items():
             if value != defaults[argument].default:
@@ -192,10 +196,14 @@ def DistributedOptimizer(
         stats_window=None if stats_window is None else _count(stats_window, "stats_window", 1),
         watchdog_steps=_count(watchdog_steps, "watchdog_steps", 1),
         sparse_as_dense=bool(sparse_as_dense),
+        arrivals=_flag(arrivals, "arrivals"),
     )
     if engine_options["coordinator"] >= size:
         raise ValueError(f"coordinator must be a rank in [0, {size}), got {coordinator}")
     policy = make_policy(cutoff, **(cutoff_options or {}))
+    if not engine_options["arrivals"] and getattr(policy, "name", None) == "backup":
+        raise ValueError("arrivals=False cannot run cutoff='backup': only the arrival channel "
+                         "ends a step at the (N-b)-th arrival")
     check = getattr(policy, "check_workers", None)
     if check is not None:
         check(size)
@@ -207,4 +215,10 @@ def DistributedOptimizer(
 def _count(value: Any, argument: str, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"{argument} must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def _flag(value: Any, argument: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{argument} must be True or False, got {value!r}")
     return value

@@ -140,6 +140,44 @@ def straggler(p: dict) -> dict:
     return {"durations": durations, "stats": opt.cutoff_stats()}
 
 
+class FixedRule:
+    """A policy answering a fixed cutoff (None: wait for all) and quorum (None: all)."""
+
+    def __init__(self, cutoff, quorum):
+        self.seconds = float("inf") if cutoff is None else cutoff
+        self.k = quorum
+
+    def observe(self, times, censored):
+        pass
+
+    def cutoff(self):
+        return self.seconds
+
+    def quorum(self):
+        return self.k
+
+    def config(self):
+        return {"policy": "fixed_rule", "cutoff": self.seconds, "quorum": self.k}
+
+
+def quorum(p: dict) -> dict:
+    """Ranks take ``times[r]`` seconds each step (closure form, so a cut rank abandons its
+    sleep); the policy asks for a quorum. Reports every step's stats."""
+    rank = hvd.rank()
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = hvd.DistributedOptimizer(torch.optim.SGD([w], lr=1.0), named_parameters=[("w", w)],
+                                   cutoff=FixedRule(p.get("cutoff"), p["quorum"]))
+    trace = np.tile(np.asarray(p["times"], dtype=float), (p["steps"], 1))
+    injector = StragglerInjector(trace, rank, mode="sleep")
+    for step in range(p["steps"]):
+        def closure():
+            opt.zero_grad()
+            (w * (rank + 1)).sum().backward()
+            injector.delay(step, abort=opt.is_cut)
+        opt.step(closure)
+    return {"stats": opt.cutoff_stats(), "w": w.detach().tolist()}
+
+
 def count_zero(p: dict) -> dict:
     """Every rank is late for one step: that step applies nothing and the cutoff widens."""
     w = torch.nn.Parameter(torch.zeros(4))
@@ -175,15 +213,18 @@ def mismatch(p: dict) -> dict:
 
 
 def death(p: dict) -> dict:
-    """The last rank dies at a step; the others must end in an error, not hang."""
+    """A rank (the last, or ``dies``) dies at a step; the others must end in an error, not hang.
+    Rank 0 is the coordinator: its death takes the arrival channel's store with it."""
     rank, size = hvd.rank(), hvd.size()
     w = torch.nn.Parameter(torch.zeros(4))
     opt = hvd.DistributedOptimizer(torch.optim.SGD([w], lr=1.0), named_parameters=[("w", w)],
                                    cutoff=p["cutoff"], cutoff_options=p.get("options"))
+    dies = p.get("dies", size - 1)
     try:
         for step in range(p["steps"]):
-            if rank == size - 1 and step == p["die_at"]:
-                os._exit(3)
+            if rank == dies and step == p["die_at"]:
+                # Status 0: horovodrun would otherwise end the others itself, at once.
+                os._exit(p.get("exit_status", 3))
             opt.zero_grad()
             w.sum().backward()
             opt.step()
@@ -221,7 +262,8 @@ def pause(p: dict) -> dict:
     model = torch.nn.Linear(4, 2)
     torch.manual_seed(1 + rank)  # different data per rank
     opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
-                                   named_parameters=model.named_parameters(), cutoff=Spy())
+                                   named_parameters=model.named_parameters(), cutoff=Spy(),
+                                   **p.get("opt", {}))
     digests = []
     for step in range(p["steps"]):
         if step == p["pause_at"]:
@@ -339,7 +381,7 @@ def close_one(p: dict) -> dict:
 
 
 SCENARIOS = {f.__name__: f for f in (identical, mean_of_contributors, none_matches_horovod,
-                                     straggler, count_zero, mismatch, death, pause, lag,
+                                     straggler, quorum, count_zero, mismatch, death, pause, lag,
                                      stop_stepping, extra_optimizer, close_one)}
 
 if __name__ == "__main__":
