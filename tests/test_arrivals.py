@@ -3,10 +3,15 @@ min(cutoff, k-th arrival), and never with nobody while ranks compute (DESIGN "Ar
 
 from __future__ import annotations
 
+import datetime
+import math
+import time
+
 import numpy as np
 import pytest
+import torch
 
-pytestmark = pytest.mark.multirank
+multirank = pytest.mark.multirank
 
 
 def _absolute(stat, key):
@@ -14,6 +19,7 @@ def _absolute(stat, key):
     return stat["started"] + stat[key]
 
 
+@multirank
 def test_quorum_of_two_ends_every_step_at_the_second_arrival(horovodrun):
     steps = 25
     job = horovodrun(3, "quorum", steps=steps, quorum=2, times=[0.02, 0.03, 0.3])
@@ -37,6 +43,7 @@ def test_quorum_of_two_ends_every_step_at_the_second_arrival(horovodrun):
     assert job.rank(0)["w"] == job.rank(1)["w"] == job.rank(2)["w"]
 
 
+@multirank
 def test_backup_is_exact_and_replicas_stay_bit_identical(horovodrun):
     job = horovodrun(3, "identical", steps=200, cutoff="backup", options={"backup": 1},
                      closure=True)
@@ -48,6 +55,7 @@ def test_backup_is_exact_and_replicas_stay_bit_identical(horovodrun):
     assert np.mean(counts == 2) > 0.8, counts
 
 
+@multirank
 def test_pause_of_every_rank_without_paused_loses_nobody(horovodrun):
     job = horovodrun(3, "pause", steps=8, cutoff=0.1, pause_at=4, pause=3.0, use_paused=False)
     assert job.returncode == 0, job.output[-3000:]
@@ -56,6 +64,7 @@ def test_pause_of_every_rank_without_paused_loses_nobody(horovodrun):
     assert len({job.rank(r)["digest"] for r in range(3)}) == 1
 
 
+@multirank
 def test_death_of_the_store_host_is_an_error_on_every_rank_in_bounded_time(horovodrun):
     # Rank 0 exits with status 0, so horovodrun leaves the others to notice by themselves.
     job = horovodrun(3, "death", timeout=90, steps=200, die_at=5, dies=0, exit_status=0,
@@ -65,3 +74,77 @@ def test_death_of_the_store_host_is_an_error_on_every_rank_in_bounded_time(horov
     for r in (1, 2):
         error = job.rank(r)["error"]
         assert error, f"rank {r} ended without an error"
+
+
+# ---- the channel's protocol, in one process: Horovod of size 1 reduces an engine of world 2
+# at once, and a TCPStore client plays the other rank. --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def horovod_single():
+    import horovod_cutoff.torch as hvd
+    hvd.init()
+    return hvd
+
+
+def _engine(name, rank=0, cutoff=math.inf, quorum=0, arrivals=True):
+    from horovod_cutoff import _C
+    engine = _C.Engine(name, rank, 2, 4, "float32", -1, 1, math.inf, arrivals=arrivals,
+                       store_host="127.0.0.1")
+    if rank == 0:
+        engine.set_next_cutoff(cutoff, 0, quorum)  # carried by step 0 to step 1
+    grads = [torch.ones(4)]
+    assert engine.contribute(0, grads) == _C.Outcome.CONTRIBUTED
+    assert engine.wait(0, 5.0)
+    engine.take(0, grads)
+    return engine
+
+
+def _other_rank(engine):
+    from torch.distributed import TCPStore
+    return TCPStore("127.0.0.1", engine.store_port(), None, False, datetime.timedelta(seconds=10))
+
+
+def test_another_ranks_arrival_at_the_quorum_cuts_this_rank_at_once(horovod_single):
+    from horovod_cutoff import _C
+    engine = _engine("arrivals.quorum", quorum=1)
+    other = _other_rank(engine)
+    prefix = "hvdcut/arrivals.quorum/"
+    assert other.add(prefix + "a/1", 1) == 1  # the other rank's arrival: the quorum of 1
+    claimed = time.monotonic()
+    other.multi_set([prefix + "w/1/0", prefix + "w/1/1"], ["q", "q"])
+    assert engine.wait(1, 5.0)
+    waited = time.monotonic() - claimed
+    result = engine.take(1, [torch.ones(4)])
+    assert result.ended_by_quorum and result.quorum == 1 and result.censored[0]
+    assert waited < 0.5, waited
+    assert engine.contribute(1, [torch.ones(4)]) == _C.Outcome.LATE
+    engine.close()
+
+
+@pytest.mark.parametrize("arrivals", [True, False])
+def test_deadline_nobody_met_waits_for_this_rank(horovod_single, arrivals):
+    """Before the channel, a rank past its deadline was cut even when nobody had arrived."""
+    from horovod_cutoff import _C
+    engine = _engine(f"arrivals.nobody.{arrivals}", cutoff=0.05, arrivals=arrivals)
+    time.sleep(0.15)  # every rank (this one; the other never comes) misses the deadline
+    outcome = engine.contribute(1, [torch.ones(4)])
+    # Without the channel the timer cut this rank (and this 1-process Horovod reduced the step).
+    assert outcome in ((_C.Outcome.CONTRIBUTED,) if arrivals else (_C.Outcome.CUT, _C.Outcome.LATE))
+    assert engine.wait(1, 5.0)
+    assert engine.take(1, [torch.ones(4)]).count == (1 if arrivals else 0)
+    engine.close()
+
+
+def test_failed_channel_is_an_error_within_a_bounded_time(horovod_single):
+    # Rank 1 of a coordinator that advertises no channel: it cannot join, so it must fail.
+    engine = _engine("arrivals.fault", rank=1)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="arrival channel .* failed on rank 1"):
+        for step in range(1, 1000):
+            engine.contribute(step, [torch.ones(4)])
+            engine.wait(step, 5.0)
+            engine.take(step, [torch.ones(4)])
+            time.sleep(0.05)
+    assert time.monotonic() - started < 5.0
+    engine.close()
