@@ -17,14 +17,16 @@ def sizes(quick: bool) -> Dict[str, int]:
         {"workers": 64, "steps": 2000, "warmup": 100}
 
 
-@lru_cache(maxsize=4)  # SIM, P5 and P6 in one `bench` run share one table (read-only)
-def scenario_table(quick: bool, overhead: float = 0.02, seed: int = 0) -> List[dict]:
-    """One row per scenario: {scenario, results: {policy: simulate JSON}}."""
+@lru_cache(maxsize=4)  # SIM, P5, P6 (P5A, P6A) in one `bench` run share a table (read-only)
+def scenario_table(quick: bool, overhead: float = 0.02, seed: int = 0,
+                   arrivals: bool = False) -> List[dict]:
+    """One row per scenario: {scenario, results: {policy: simulate JSON}}; ``arrivals``: the
+    arrival channel's step-end rule (sim.replay)."""
     n = sizes(quick)
     rows = []
     for name in SCENARIOS:
         times = generate(name, n["workers"], n["steps"], seed)
-        results = simulate_all(times, overhead=overhead, warmup=n["warmup"])
+        results = simulate_all(times, overhead=overhead, warmup=n["warmup"], arrivals=arrivals)
         rows.append({"scenario": name, "results": {r["policy"]: r for r in results}})
     return rows
 

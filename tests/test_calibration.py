@@ -69,3 +69,39 @@ def test_large_steps_are_subsampled_to_a_fixed_cost():
     times = rng.normal(size=8 * MAX_WORKERS)
     whole = tail_error(samples, times, np.zeros(times.size, dtype=bool))
     assert whole == pytest.approx(0.5, abs=0.05)  # calibrated: the subsample sees it too
+
+
+def test_order_calibration_starts_as_the_identity():
+    from horovod_cutoff.model.calibration import OrderCalibration
+
+    np.testing.assert_allclose(OrderCalibration().weights(5, 64), 1 / 64)
+
+
+def test_order_calibration_moves_mass_to_where_arrivals_fall():
+    """Realized arrivals always above 90% of the samples: their calibrated CDF moves there."""
+    from horovod_cutoff.model.calibration import OrderCalibration
+
+    rng = np.random.default_rng(0)
+    cal = OrderCalibration()
+    for _ in range(200):
+        columns = np.sort(rng.normal(size=(4, 100)), axis=1)
+        arrived = columns[:, 95]  # each at PIT 0.955
+        cal.update(columns, arrived, np.inf)
+    w = cal.weights(4, 100)
+    assert np.allclose(w.sum(1), 1.0) and (w[:, 90:].sum(1) > 0.9).all()
+
+
+def test_order_calibration_leaves_arrivals_beyond_the_quorum_as_they_were():
+    from horovod_cutoff.model.calibration import OrderCalibration
+
+    rng = np.random.default_rng(0)
+    cal = OrderCalibration()
+    for _ in range(100):
+        columns = np.sort(rng.normal(size=(4, 100)), axis=1)
+        cal.update(columns, columns[:2, 10], float(columns[1, 10]), quorum=2)
+    w = cal.weights(4, 100)
+    assert (w[:2, :20].sum(1) > 0.9).all()  # the first two: learned
+    np.testing.assert_allclose(w[2:], 1 / 100)  # after the quorum: untouched
+    # Without the quorum, the later ones are censored at the deadline: mass moves above it.
+    cal.update(np.sort(rng.normal(size=(4, 100)), axis=1), np.array([-3.0]), -2.5)
+    assert not np.allclose(cal.weights(4, 100)[1:], 1 / 100)

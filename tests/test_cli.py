@@ -277,3 +277,23 @@ def test_train_writes_weights_the_simulator_loads(tmp_path, trace):
     res = json.loads(cli("simulate", "--trace", trace, "--policy", "predictive", "--model", out,
                          "--json").stdout)
     assert res["policy"] == "predictive" and res["gradients_per_second"] > 0
+
+
+def test_simulate_arrivals_waits_out_a_missed_deadline_instead_of_an_empty_step(trace):
+    args = ("simulate", "--trace", trace, "--policy", "static", "--param", "seconds=0.01",
+            "--overhead", "0.01", "--json")
+    plain = json.loads(cli(*args).stdout)
+    arrivals = json.loads(cli(*args, "--arrivals").stdout)
+    assert plain["arrivals"] is False and plain["zero_steps"] == 120  # every row: once empty
+    assert arrivals["arrivals"] is True and arrivals["zero_steps"] == 0
+    assert arrivals["steps"] == 120 and arrivals["gradients"] >= 120  # someone, every step
+
+
+def test_simulate_all_with_arrivals_reports_the_hybrid_choice(trace):
+    out = json.loads(cli("simulate", "--trace", trace, "--policy", "all", "--arrivals",
+                         "--exclude", "predictive", "--json").stdout)
+    results = {r["policy"]: r for r in out}
+    chosen = results["hybrid_hindsight"]["chosen"]
+    assert 1 <= chosen["quorum"] <= 8 and (chosen["cutoff"] == "inf" or chosen["cutoff"] > 0)
+    assert all(r["arrivals"] is True and r["zero_steps"] == 0 for r in out)
+    assert "--arrivals" in cli("simulate", "--help").stdout

@@ -165,3 +165,117 @@ def test_auto_samples_keep_the_draws_per_step_flat_in_the_workers():
     assert [auto.samples_for(n) for n in (1, 64, 128, 256, 1024, 4096)] == [256, 256, 128, 64, 64, 64]
     assert Predictive(samples=33).samples_for(1024) == 33
     assert auto.config()["samples"] is None
+
+
+def brute_force_rule(x, o, cutoffs, time_only):
+    """best_rule's objective by its definition, sample by sample, every k < N at ``cutoffs``:
+    count_s = min(k, #{x_s <= c}), duration_s = min(c, x_s(k)); and the time-only rule."""
+    xs = np.sort(x, axis=1)
+    best = (-math.inf, None, None)
+    for k in range(1, x.shape[1]):
+        for c in cutoffs:
+            value = np.minimum(k, (x <= c).sum(1)).mean() / (np.minimum(c, xs[:, k - 1]).mean() + o)
+            if value > best[0]:
+                best = (value, c, k)
+    alone = (x <= time_only).sum(1).mean() / (np.minimum(time_only, xs[:, -1]).mean() + o)
+    return best, alone
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_joint_choice_matches_a_brute_force_objective_on_fixed_samples(seed):
+    from horovod_cutoff.model import inference
+
+    rng = np.random.default_rng(seed)
+    x = rng.lognormal(np.log(0.2), 0.3, (64, 12)) * np.where(rng.random((64, 12)) < 0.1, 4.0, 1.0)
+    L = np.log(x)
+    c0 = float(np.quantile(x, 0.8))
+    c, k, value, alone = inference.best_rule(inference.order_statistics(L), 0.02, c0)
+    M = int(np.clip(inference.QUORUM_PAIRS // 12, *inference.QUORUM_CUTOFFS))
+    grid = np.exp(np.linspace(L.min(), L.max(), M))
+    grid[-1] = x.max()
+    (top, c_top, k_top), alone_bf = brute_force_rule(x, 0.02, grid, c0)
+    assert alone == pytest.approx(alone_bf, rel=1e-9)
+    assert k == k_top and value == pytest.approx(top, rel=1e-9) and top > alone
+    assert c == (math.inf if c_top == x.max() else pytest.approx(c_top, rel=1e-12))
+
+
+def test_no_quorum_is_answered_where_waiting_for_everyone_scores_best():
+    from horovod_cutoff.model.inference import best_rule, order_statistics
+
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(np.log(0.2), 0.01, (64, 8))  # no spread: every arrival is worth waiting for
+    c, k, value, alone = best_rule(order_statistics(np.log(x)), 0.05, math.inf)
+    assert k is None and math.isinf(c) and value == alone
+
+
+def test_calibration_weights_reweight_the_brute_force_objective_too():
+    from horovod_cutoff.model.inference import best_rule, order_statistics
+
+    rng = np.random.default_rng(1)
+    order = order_statistics(np.log(rng.lognormal(np.log(0.2), 0.4, (32, 6))))
+    weights = rng.random(order.shape)
+    weights /= weights.sum(1, keepdims=True)
+    c0 = float(np.exp(order[-1, 20]))
+    _, _, _, alone = best_rule(order, 0.02, c0, weights=weights)
+    x = np.exp(order)  # row j: the j-th arrival's samples, with their weights
+    count = (weights * (x <= c0)).sum()
+    assert alone == pytest.approx(count / ((weights[-1] * np.minimum(c0, x[-1])).sum() + 0.02))
+
+
+def test_the_policy_answers_the_joint_choice_on_its_own_samples(monkeypatch):
+    import horovod_cutoff.policies.quorum as quorum_module
+    from horovod_cutoff.model.inference import order_statistics
+
+    seen = []
+    real = quorum_module.best_rule
+
+    def spy(order, overhead, cutoff, objective, rate, weights):
+        seen.append((order, real(order, overhead, cutoff, objective, rate, weights)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(quorum_module, "best_rule", spy)
+    policy = Predictive(overhead=0.02, samples=64)
+    answered = 0
+    for row in generate("iid", 16, 40, seed=0):
+        c, k = policy.cutoff(), policy.quorum()
+        end = c if k is None else min(c, np.sort(row)[k - 1])
+        calls = len(seen)
+        policy.observe(np.where(row > end, end, row), row > end)
+        if len(seen) > calls:  # a joint choice: the policy answers it, from its own samples
+            order, (c, k, _, _) = seen[-1]
+            assert (policy.cutoff(), policy.quorum()) == (c, k)
+            np.testing.assert_array_equal(order, order_statistics(policy._last_log))
+            answered += k is not None
+        elif policy.joint._choices:  # every EXPLORE-th step: time-only
+            assert policy.joint._choices % quorum_module.EXPLORE == 0 and policy.quorum() is None
+    assert policy.failed is None and answered > 0
+
+
+def test_a_quorum_from_a_failing_model_falls_back_with_the_cutoff():
+    model = copy.deepcopy(load_model())
+    policy = Predictive(overhead=0.02, samples=16, model=model)
+    _steps(policy, generate("iid", 8, 10, seed=0))
+    with torch.no_grad():
+        model.emission_net[-1].bias.fill_(float("nan"))
+    policy._predictor = None  # rebuilt from the broken weights at the next step
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        _steps(policy, generate("iid", 8, 3, seed=1))
+    assert policy.failed is not None and policy.quorum() is None
+    assert policy.cutoff() == policy.fallback.cutoff()
+
+
+def test_quorum_false_answers_time_only_and_is_in_the_config():
+    policy = Predictive(overhead=0.02, samples=32, quorum=False)
+    _steps(policy, generate("iid", 8, 20, seed=0))
+    assert policy.quorum() is None and policy.config()["quorum"] is False
+    assert Predictive(objective="ratio").config()["quorum"] is False  # no quorum form
+    with pytest.raises(ValueError, match="quorum"):
+        Predictive(quorum="yes")
+
+
+def test_predictive_gains_from_its_quorum_with_arrivals():
+    times = generate("iid", 32, 400, seed=0)
+    on = replay(times, Predictive(overhead=0.02, samples=64), 0.02, warmup=50, arrivals=True)
+    off = replay(times, Predictive(overhead=0.02, samples=64, quorum=False), 0.02, warmup=50,
+                 arrivals=True)
+    assert on["gradients_per_second"] > off["gradients_per_second"]

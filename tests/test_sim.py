@@ -11,6 +11,8 @@ from horovod_cutoff.policies import BackupWorkers, NoCutoff, StaticCutoff
 from horovod_cutoff.policies.oracle import (
     backup_hindsight,
     fixed_cutoff_cost,
+    fixed_rule_cost,
+    hybrid_hindsight,
     oracle,
     static_hindsight,
 )
@@ -379,3 +381,194 @@ def test_overhead_is_not_a_policy_parameter():
 def test_backup_of_every_worker_is_refused():
     with pytest.raises(ValueError, match=r"backup.*\(3\)"):
         simulate(SMALL, "backup", params={"backup": 3})
+
+
+class Rule(Counter):
+    """A fixed cutoff and quorum (None: every present worker)."""
+
+    def __init__(self, cutoff, quorum=None):
+        super().__init__()
+        self.c, self.k, self.shown = cutoff, quorum, []
+
+    def observe(self, times, censored):
+        self.shown.append((np.array(times), np.array(censored)))
+
+    def cutoff(self):
+        return self.c
+
+    def quorum(self):
+        return self.k
+
+
+def test_arrivals_a_deadline_nobody_met_waits_for_everyone_in_the_same_step():
+    o = 0.1
+    policy = Rule(0.5)
+    r = replay(np.array([[1.0, 1.2, 3.0]]), policy, o, arrivals=True, record=True)
+    # Nobody by 0.5: nobody is cut, the step ends at the last arrival (the engine's rule).
+    assert r["gradients"] == 3 and r["zero_steps"] == 0 and r["steps"] == 1
+    assert r["seconds"] == pytest.approx(3.0 + o) and r["trail"][0, 1] == pytest.approx(3.0)
+    times, cut = policy.shown[0]
+    np.testing.assert_array_equal(times, [1.0, 1.2, 3.0])
+    assert cut.tolist() == [False, False, False]
+    # Without arrivals the same row is a step nobody made, then one waiting for everyone.
+    r = replay(np.array([[1.0, 1.2, 3.0]]), Rule(0.5), o)
+    assert (r["gradients"], r["zero_steps"], r["steps"]) == (3, 1, 2)
+    assert r["seconds"] == pytest.approx((0.5 + o) + (3.0 + o))
+
+
+def test_a_pause_taken_by_every_worker_loses_nobody_with_arrivals():
+    times = np.array([[0.10, 0.12, 0.11], [3.10, 3.12, 3.11], [0.10, 0.12, 0.11]])
+    r = replay(times, Rule(0.2), 0.01, arrivals=True)
+    assert r["gradients"] == 9 and r["zero_steps"] == 0
+    assert r["seconds"] == pytest.approx(0.12 + 3.12 + 0.12 + 3 * 0.01)
+
+
+@pytest.mark.parametrize("arrivals", [False, True])
+@pytest.mark.parametrize("c,gradients,seconds", [(1.5, 1, 1.5), (5.0, 3, 2.0), (math.inf, 3, 2.0)])
+def test_a_quorum_ends_the_step_at_min_of_cutoff_and_kth_arrival(arrivals, c, gradients, seconds):
+    times = np.array([[3.0, 1.0, 2.0, 2.0, 9.0]])  # the 2nd arrival ties with the 3rd: both in
+    r = replay(times, Rule(c, 2), 0.25, arrivals=arrivals)
+    assert r["gradients"] == gradients and r["seconds"] == pytest.approx(seconds + 0.25)
+
+
+def test_a_deadline_nobody_met_still_ends_at_the_quorum():
+    times = np.array([[1.0, 1.1, 1.2, 5.0]])
+    policy = Rule(0.15, 3)
+    r = replay(times, policy, 0.0, arrivals=True)
+    assert r["gradients"] == 3 and r["seconds"] == pytest.approx(1.2)  # x_(3)
+    np.testing.assert_array_equal(policy.shown[0][0], [1.0, 1.1, 1.2, 1.2])
+    assert policy.shown[0][1].tolist() == [False, False, False, True]
+
+
+def test_arrivals_count_ties_and_skip_absent_workers():
+    r = replay(np.array([[2.0, 2.0, 2.0, 3.0]]), Rule(math.inf, 1), 0.0, arrivals=True)
+    assert r["gradients"] == 3 and r["seconds"] == pytest.approx(2.0)
+    policy = Rule(1.5, 5)  # a quorum larger than the workers present: all of them
+    r = replay(np.array([[np.nan, 1.0, 2.0, np.nan]]), policy, 0.0, arrivals=True)
+    assert r["gradients"] == 1 and r["seconds"] == pytest.approx(1.5)
+    np.testing.assert_array_equal(policy.shown[0][0], [np.nan, 1.0, 1.5, np.nan])
+    assert policy.shown[0][1].tolist() == [False, False, True, False]
+
+
+@pytest.mark.parametrize("cutoff", [1e-9, 0.05, 0.3])
+def test_no_step_goes_without_contributors_with_arrivals(cutoff):
+    times = _trace_with_edge_cases(0, rows=40)
+    r = replay(times, Rule(cutoff), 0.02, arrivals=True, record=True)
+    assert r["zero_steps"] == 0 and r["steps"] == 40 and (r["trail"][:, 2] >= 1).all()
+
+
+def test_lag_delays_the_quorum_with_the_cutoff():
+    class Growing(Counter):
+        def quorum(self):
+            return 1 + self.seen
+
+    times = np.array([[1.0, 2.0, 3.0]] * 3)
+    assert replay(times, Growing(), lag=0)["gradients"] == 1 + 2 + 3
+    assert replay(times, Growing(), lag=1)["gradients"] == 1 + 1 + 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("arrivals", [False, True])
+def test_fixed_rule_cost_equals_the_step_loop_for_every_candidate(seed, arrivals):
+    times = _trace_with_edge_cases(seed, rows=10, workers=4)
+    first = np.nanmin(times, axis=1, keepdims=True)
+    cutoffs = np.unique(np.concatenate([times[~np.isnan(times)], (times - first)[~np.isnan(times)]]))
+    cutoffs = np.append(cutoffs[cutoffs > 0], np.inf)
+    for k in [None, 1, 2, 3, 4]:
+        g, s, e = fixed_rule_cost(times, cutoffs, 0.05, quorum=k, arrivals=arrivals)
+        for i, c in enumerate(cutoffs):
+            loop = replay(times, Rule(float(c), k), 0.05, record=True, arrivals=arrivals)
+            assert (g[i], e[i]) == (loop["gradients"], loop["steps"]), (k, c)
+            assert s[i] == pytest.approx(loop["seconds"], rel=1e-12), (k, c)
+
+
+@pytest.mark.parametrize("policy", [NoCutoff(), StaticCutoff(seconds=0.05), StaticCutoff(seconds=0.3)])
+def test_vectorised_replay_of_a_fixed_cutoff_applies_the_arrivals_rule(policy):
+    rng = np.random.default_rng(0)
+    times = rng.lognormal(np.log(0.2), 0.5, (300, 8))
+    times[rng.random(times.shape) < 0.1] = np.nan
+    times[np.isnan(times).all(axis=1), 0] = 0.3
+    fast = replay(times, policy, 0.03, warmup=7, arrivals=True)
+    loop = replay(times, policy, 0.03, warmup=7, record=True, arrivals=True)
+    for key in ("gradients", "seconds", "steps", "zero_steps"):
+        assert fast[key] == pytest.approx(loop[key], rel=1e-12), key
+    assert fast["zero_steps"] == 0
+
+
+def brute_force_hybrid(times, o, arrivals):
+    """The definition: every (c, k) replayed in the step loop, c among the positive worker
+    times and their distances to their row's first arrival (where rates can peak), and inf."""
+    first = np.nanmin(times, axis=1, keepdims=True)
+    values = np.concatenate([times[~np.isnan(times)], (times - first)[~np.isnan(times)]])
+    cutoffs = list(np.unique(values[values > 0])) + [math.inf]
+    best = (0.0, None)
+    for k in range(1, times.shape[1] + 1):
+        for c in cutoffs:
+            r = replay(times, Rule(float(c), k), o, record=True, arrivals=arrivals)
+            best = max(best, (r["gradients_per_second"], (float(c), k)), key=lambda b: b[0])
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("arrivals", [False, True])
+def test_hybrid_hindsight_equals_brute_force_over_cutoff_and_quorum(seed, arrivals):
+    times = _trace_with_edge_cases(seed, rows=10, workers=4)
+    rate, _ = brute_force_hybrid(times, 0.03, arrivals)
+    y = hybrid_hindsight(times, 0.03, arrivals)
+    assert y.rate == pytest.approx(rate, rel=1e-12) and y.parameter["exact"]
+    again = replay(times, Rule(y.parameter["cutoff"], y.parameter["quorum"]), 0.03,
+                   record=True, arrivals=arrivals)  # the choice reproduces its rate
+    assert again["gradients_per_second"] == pytest.approx(rate, rel=1e-12)
+    assert again["steps"] == y.steps
+    # It contains the best fixed cutoff (k = N) and the best fixed b (c = inf).
+    assert y.rate >= static_hindsight(times, 0.03, arrivals).rate * (1 - 1e-12)
+    assert y.rate >= backup_hindsight(times, 0.03).rate * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_static_hindsight_with_arrivals_equals_brute_force(seed):
+    times = _trace_with_edge_cases(seed, rows=10, workers=4)
+    first = np.nanmin(times, axis=1, keepdims=True)
+    values = np.concatenate([times[~np.isnan(times)], (times - first)[~np.isnan(times)]])
+    rates = [replay(times, Rule(float(c)), 0.03, record=True, arrivals=True)["gradients_per_second"]
+             for c in np.unique(values[values > 0])]
+    assert static_hindsight(times, 0.03, arrivals=True).rate == pytest.approx(max(rates), rel=1e-12)
+
+
+@pytest.mark.parametrize("arrivals", [False, True])
+def test_hybrid_hindsight_on_a_large_trace_searches_and_says_so(monkeypatch, arrivals):
+    import horovod_cutoff.policies.oracle as oracle_module
+
+    rng = np.random.default_rng(3)
+    times = rng.lognormal(np.log(0.2), 0.4, (300, 12)) * rng.choice([1, 3], (300, 1), p=[0.9, 0.1])
+    exact = hybrid_hindsight(times, 0.02, arrivals)
+    monkeypatch.setattr(oracle_module, "EXACT_WORK", 10)
+    monkeypatch.setattr(oracle_module, "COARSE_CUTOFFS", 64)
+    approx = hybrid_hindsight(times, 0.02, arrivals)
+    assert exact.parameter["exact"] and not approx.parameter["exact"]
+    assert exact.rate * (1 - 2e-3) <= approx.rate <= exact.rate * (1 + 1e-12)
+    assert approx.rate >= backup_hindsight(times, 0.02).rate * (1 - 1e-12)
+
+
+def test_backup_is_exact_with_arrivals():
+    """From its second step on, every step ends at the (N-b)-th arrival, however far it is."""
+    rng = np.random.default_rng(1)
+    times = rng.lognormal(np.log(0.2), 0.8, (50, 6))
+    r = replay(times, BackupWorkers(backup=2), 0.02, arrivals=True, warmup=1)
+    g, s, e = fixed_rule_cost(times[1:], np.array([np.inf]), 0.02, quorum=4, arrivals=True)
+    assert (r["gradients"], r["steps"]) == (g[0], e[0]) and r["seconds"] == pytest.approx(s[0])
+    assert r["gradients"] == 4 * 49  # no ties: exactly the quorum, every step
+
+
+def test_simulate_all_with_arrivals_reports_hybrid_hindsight_and_no_empty_steps():
+    rng = np.random.default_rng(0)
+    times = rng.lognormal(np.log(0.2), 0.3, size=(200, 8))
+    results = {r["policy"]: r for r in simulate_all(times, overhead=0.01, warmup=10,
+                                                    arrivals=True)}
+    hybrid = results["hybrid_hindsight"]
+    assert set(hybrid["chosen"]) >= {"cutoff", "quorum"} and 1 <= hybrid["chosen"]["quorum"] <= 8
+    for name, r in results.items():
+        assert r["arrivals"] is True and r["zero_steps"] == 0, name
+        assert r["ratio_to_oracle"] <= 1.0 + 1e-9, name
+    for name in ("static_hindsight", "backup_hindsight"):
+        assert hybrid["gradients_per_second"] >= results[name]["gradients_per_second"] * (1 - 1e-12)

@@ -72,12 +72,12 @@ def cmd_simulate(args) -> int:
         if args.param:
             raise CommandError("--param needs a single --policy, not 'all'")
         results = simulate_all(times, args.overhead, args.warmup, args.carry_lag, args.lag,
-                               progress=True, exclude=args.exclude or ())
+                               progress=True, exclude=args.exclude or (), arrivals=args.arrivals)
     else:
         if args.model is not None:
             params["model"] = args.model
         results = [simulate(times, args.policy, args.overhead, args.warmup, args.carry_lag,
-                            args.lag, params=params, progress=True)]
+                            args.lag, params=params, progress=True, arrivals=args.arrivals)]
     if args.json:
         out = results if args.policy == "all" else results[0]
         print(json.dumps(_json_safe(out)))
@@ -246,11 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="replay a trace under a policy; metrics vs the oracle")
     sim.add_argument("--trace", required=True, help=".npy, .npz (key 'times') or .csv")
     sim.add_argument("--policy", required=True,
-                     help="a registered policy, oracle, static_hindsight, backup_hindsight, or all")
+                     help="a registered policy, oracle, static_hindsight, backup_hindsight, "
+                          "hybrid_hindsight (the best fixed cutoff and quorum), or all")
     sim.add_argument("--overhead", type=float, default=0.0, help="fixed seconds per step")
     sim.add_argument("--warmup", type=int, default=0, help="leading steps left out of the metrics")
     sim.add_argument("--carry-lag", action="store_true",
                      help="plain loop: a cut worker's unfinished time carries into its next step")
+    sim.add_argument("--arrivals", action="store_true",
+                     help="the engine with its arrival channel: a step ends at min(cutoff, "
+                          "quorum-th arrival), and if nobody arrived by the cutoff nobody is cut: "
+                          "it ends at the quorum-th (or last) arrival (no step without "
+                          "contributors); "
+                          "the hindsight yardsticks are priced by the same rule")
     sim.add_argument("--lag", type=int, default=0,
                      help="steps between the data a cutoff is chosen from and its use (live: 1)")
     sim.add_argument("--param", action="append", metavar="NAME=VALUE", help="policy parameter")

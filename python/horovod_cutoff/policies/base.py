@@ -45,9 +45,9 @@ class CutoffPolicy(Protocol):
 class Policy:
     """Convenience base: argument checking and the optional parts of the interface.
 
-    ``quorum()`` lets a policy end a step after a number of arrivals instead of a time
-    (backup workers). The simulator honours it exactly; live, a step can only end at a
-    time, so live runs use ``cutoff()``, which such a policy must also provide.
+    ``quorum()`` lets a policy end a step at its k-th arrival as well: the step ends at
+    min(cutoff, k-th arrival) (None: the cutoff alone). The live engine honours it through
+    its arrival channel (DESIGN "Arrivals"), the simulator by the replay.
     """
 
     name: str = "policy"

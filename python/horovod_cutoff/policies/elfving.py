@@ -8,7 +8,10 @@ constructor argument, 0 by default (the paper's k / E[x_(k)]); the simulator pas
 times enter the fit as their expected value beyond the cutoff under the current fit
 (E[x | x > c]), not as the cutoff, which would bias the fit towards short times. A step
 nobody made leaves the fit as it was (the next step waits for every worker anyway,
-base.cutoff_after_empty_step).
+base.cutoff_after_empty_step). It answers no quorum: ending the step at its k* -th arrival
+(with no cutoff, or 1.5x its cutoff) was measured with the arrival channel on the shipped
+scenarios and gained 0.3-2% where times are i.i.d. (steady, iid, phase) but lost 5-25% where
+some workers stay slow (its one Normal cannot tell who).
 """
 
 from __future__ import annotations

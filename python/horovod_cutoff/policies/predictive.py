@@ -8,6 +8,14 @@ exact one, bench P1). ``fast=False`` runs the PyTorch reference with the exact a
 ``samples=None`` (default) scales S with N (``samples_for``). The predictive's spread is
 calibrated online (model/calibration.py; ``calibrate=False`` turns it off).
 
+Quorum (``quorum=True``, default): from the same samples the policy also chooses a pair
+(c, k), ending the step at min(c, k-th arrival), numpy on the policy's own step after the hot
+path's cutoff (policies/quorum.py), and answers the quorum only when it beats the time-only
+cutoff by the objective; ``quorum()`` is None otherwise. With ``calibrate`` the predicted
+order statistics it rests on are recalibrated online (the model's joint draws place the late
+arrivals badly where slowdowns persist or come in groups). The ``ratio`` objective has no
+quorum form.
+
 Objectives (``objective=``, model/inference.best_cutoff): ``step`` (default), the per-step
 ratio E[#{x_n <= c}] / (E[min(c, max x)] + o) with the step's true duration; ``ratio``, the
 paper's E[#{x_n <= c}] / (c + o), which charges a step its full cutoff even when everyone is
@@ -38,6 +46,7 @@ from ..model.network import RunTimeModel, State
 from ..model.weights import load_model, weights_hash
 from .adaptive import AdaptiveLogNormal
 from .base import Policy, check_step, non_negative_seconds
+from .quorum import QuorumChoice
 
 AUTO_DRAWS, AUTO_RANGE = 16384, (64, 256)  # samples=None: S = AUTO_DRAWS / N within the range
 RATE_DECAY = 0.99  # the running throughput's memory (lambda objective), per step
@@ -48,7 +57,7 @@ class Predictive(Policy):
 
     def __init__(self, overhead: float = 0.0, samples: Optional[int] = None, seed: int = 0,
                  model: Union[str, Path, RunTimeModel, None] = None, objective: str = "step",
-                 calibrate: bool = True, fast: bool = True):
+                 calibrate: bool = True, fast: bool = True, quorum: bool = True):
         self.overhead = non_negative_seconds(overhead, "overhead")
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, float))
                                     or int(samples) != samples or int(samples) < 1):
@@ -61,6 +70,10 @@ class Predictive(Policy):
         self.model_source = "object" if isinstance(model, RunTimeModel) else str(model or "default")
         self.hash = weights_hash(self.model)
         self.fast = bool(fast)
+        if not isinstance(quorum, (bool, np.bool_)):
+            raise ValueError(f"quorum must be True or False, got {quorum!r}")
+        self.choose_quorum = bool(quorum) and objective != "ratio"
+        self._quorum: Optional[int] = None
         self.generator = torch.Generator().manual_seed(self.seed)
         self.fallback = AdaptiveLogNormal(overhead=self.overhead)
         self.failed: Optional[str] = None
@@ -70,6 +83,7 @@ class Predictive(Policy):
         self._gradients = self._seconds = 0.0
         self._last_log: Optional[np.ndarray] = None  # [S, N] the last prediction's log samples
         self.calibration = SpreadCalibration() if calibrate else None
+        self.joint = QuorumChoice(self.overhead, objective, calibrate) if self.choose_quorum else None
 
     def samples_for(self, workers: int) -> int:
         """S for N workers: as given, or (None) AUTO_DRAWS / N within AUTO_RANGE: about the same
@@ -117,7 +131,10 @@ class Predictive(Policy):
             c, log_samples = step(times, censored, rate, spread)
             if not (math.isfinite(c) and c > 0):
                 raise FloatingPointError(f"the model gave cutoff {c}")
-            self._cutoff = c
+            k = None
+            if self.joint is not None:  # the quorum this step ran under: no lag
+                c, k = self.joint.choose(times, censored, log_samples, c, self._quorum, rate)
+            self._cutoff, self._quorum = c, k
             # The calibration learns from this step after the cutoff is out: one step late, off
             # the latency path; then keep this prediction's samples for the next step.
             if self.calibration is not None and self._last_log is not None \
@@ -161,7 +178,11 @@ class Predictive(Policy):
     def cutoff(self) -> float:
         return self.fallback.cutoff() if self.failed is not None else self._cutoff
 
+    def quorum(self) -> Optional[int]:
+        return self.fallback.quorum() if self.failed is not None else self._quorum
+
     def config(self) -> dict:
         return {"policy": self.name, "overhead": self.overhead, "samples": self.samples,
                 "seed": self.seed, "objective": self.objective, "model_sha256": self.hash,
-                "calibrate": self.calibration is not None, "fast": self.fast}
+                "calibrate": self.calibration is not None, "fast": self.fast,
+                "quorum": self.choose_quorum}

@@ -88,23 +88,20 @@ class StaticCutoff(Policy):
 class BackupWorkers(Policy):
     """Chen et al. 2016: end the step once the first N-b workers are done.
 
-    The simulator applies the quorum exactly. Live, a step can only end at a time, so the
-    cutoff tracks the median of the recent (N-b)-th arrival times; a step where some, but
-    fewer than N-b, arrived widens it (the (N-b)-th arrival lies beyond the cutoff). A step
-    nobody made leaves it as it was. ``backup`` must be smaller than the number of workers.
+    It answers the quorum N - b (N: the workers present at its last observation) and no
+    cutoff: the engine ends each step at that arrival exactly (live through its arrival
+    channel, DESIGN "Arrivals"; in the simulator by the replay). Until it has seen a step it
+    waits for every worker. ``backup`` must be smaller than the number of workers.
     """
 
     name = "backup"
 
-    def __init__(self, backup: int = 1, window: int = 20):
+    def __init__(self, backup: int = 1):
         if isinstance(backup, bool) or not isinstance(backup, (int, np.integer)) or backup < 0:
             raise ValueError(
                 f"backup must be a non-negative integer number of workers, got {backup!r}")
-        if int(window) < 1:
-            raise ValueError(f"window must be a positive number of steps, got {window}")
         self.backup = int(backup)
         self.workers: Optional[int] = None
-        self.arrivals: deque = deque(maxlen=int(window))
 
     def quorum(self) -> Optional[int]:
         if self.workers is None:
@@ -121,21 +118,12 @@ class BackupWorkers(Policy):
     def observe(self, times: np.ndarray, censored: np.ndarray) -> None:
         times, censored = check_step(times, censored)
         self.check_workers(times.size)
-        present = ~np.isnan(times)
-        done = np.sort(times[present & ~censored])
-        if done.size == 0:  # nobody made it: keep the state (the next step waits for all)
-            return
-        self.workers = int(present.sum())
-        k = self.quorum()
-        if done.size >= k:
-            self.arrivals.append(float(done[k - 1]))
-        else:
-            self.arrivals.append(WIDEN * float(np.max(times[present])))
+        present = int((~np.isnan(times)).sum())
+        if present:
+            self.workers = present
 
     def cutoff(self) -> float:
-        if not self.arrivals:
-            return math.inf
-        return float(np.median(self.arrivals))
+        return math.inf  # the quorum alone ends the step
 
     def config(self) -> dict:
-        return {"policy": self.name, "backup": self.backup, "window": self.arrivals.maxlen}
+        return {"policy": self.name, "backup": self.backup}
