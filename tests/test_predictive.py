@@ -199,6 +199,27 @@ def test_the_joint_choice_matches_a_brute_force_objective_on_fixed_samples(seed)
     assert c == (math.inf if c_top == x.max() else pytest.approx(c_top, rel=1e-12))
 
 
+def test_thinned_order_statistics_keep_the_choice_at_large_n():
+    """Beyond ORDER_ROWS workers the joint choice keeps every m-th arrival (and the last):
+    the quorum it answers is one of those, and its objective stays close to the full one's."""
+    from horovod_cutoff.model import inference
+
+    assert inference.order_rows(100).tolist() == list(range(100))
+    rows = inference.order_rows(1000)
+    assert rows.size <= inference.ORDER_ROWS + 1 and rows[-1] == 999 and rows[0] == 7
+    rng = np.random.default_rng(3)
+    x = rng.lognormal(np.log(0.2), 0.2, (64, 1000)) * np.where(rng.random((64, 1000)) < 0.05, 5.0, 1.0)
+    L = np.log(x)
+    c0 = float(np.quantile(x, 0.9))
+    full = inference.best_rule(inference.order_statistics(L), 0.02, c0)
+    thin = inference.best_rule(inference.order_statistics(L, rows), 0.02, c0, rows=rows)
+    # Both values undercount alike (each row counts for the arrivals before it), so the
+    # quorum and the time-only rule are compared on equal terms.
+    assert thin[3] == pytest.approx(full[3], rel=0.01) and thin[3] <= full[3]
+    assert thin[1] is not None and thin[1] - 1 in set(rows.tolist())
+    assert thin[2] == pytest.approx(full[2], rel=0.01) and thin[2] <= full[2] * (1 + 1e-9)
+
+
 def test_no_quorum_is_answered_where_waiting_for_everyone_scores_best():
     from horovod_cutoff.model.inference import best_rule, order_statistics
 
@@ -229,7 +250,8 @@ def test_the_policy_answers_the_joint_choice_on_its_own_samples(monkeypatch):
     seen = []
     real = quorum_module.best_rule
 
-    def spy(order, overhead, cutoff, objective, rate, weights):
+    def spy(order, overhead, cutoff, objective, rate, weights, rows):
+        assert rows is None  # 16 workers: every arrival is a row
         seen.append((order, real(order, overhead, cutoff, objective, rate, weights)))
         return seen[-1][1]
 

@@ -169,19 +169,34 @@ def best_cutoff_grid(log_samples: torch.Tensor, overhead: float, objective: str 
 
 QUORUM_PAIRS = 1 << 13  # (k, c) pairs best_rule scores: every k, QUORUM_PAIRS / N cutoffs
 QUORUM_CUTOFFS = (16, 128)  # at least, at most that many candidate cutoffs
+# Order statistics the joint choice works on, at most: beyond, every m-th arrival (and the
+# last) stands for the m before it, so its cost stays flat in N (at N=1024: 7 ms -> ~1 ms a
+# step; bench P9 needs the coordinator's service thread light).
+ORDER_ROWS = 128
 
 
-def order_statistics(log_samples: np.ndarray) -> np.ndarray:
+def order_rows(workers: int, limit: int = ORDER_ROWS) -> np.ndarray:
+    """The arrivals (0-based) the joint choice keeps of ``workers``: all of them up to
+    ``limit``, else every m-th and the last, m = ceil(workers / limit)."""
+    if workers <= limit:
+        return np.arange(workers)
+    m = -(-workers // limit)
+    return np.unique(np.append(np.arange(m - 1, workers, m), workers - 1))
+
+
+def order_statistics(log_samples: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
     """[N, S] from S samples of N log times [S, N]: row j holds the samples of the (j+1)-th
-    arrival, sorted. float32 stays float32 (several times faster to sort and exponentiate)."""
+    arrival, sorted (``rows``: only those arrivals, in that order). float32 stays float32
+    (several times faster to sort and exponentiate)."""
     L = np.asarray(log_samples)
     L = L if L.dtype == np.float32 else L.astype(np.float64)
-    return np.sort(np.sort(L, axis=1).T, axis=1)
+    arrivals = np.sort(L, axis=1)
+    return np.sort((arrivals if rows is None else arrivals[:, rows]).T, axis=1)
 
 
 def best_rule(order_logs: np.ndarray, overhead: float, cutoff: float, objective: str = "step",
-              rate: Optional[float] = None,
-              weights: Optional[np.ndarray] = None) -> Tuple[float, Optional[int], float, float]:
+              rate: Optional[float] = None, weights: Optional[np.ndarray] = None,
+              rows: Optional[np.ndarray] = None) -> Tuple[float, Optional[int], float, float]:
     """The best step-end rule "min(c, k-th arrival)" for predicted arrivals ``order_logs``
     [N, S] (order_statistics of the present workers' log samples), against the time-only
     rule at ``cutoff`` (the hot path's choice, k = N). Per sample, a rule yields
@@ -189,6 +204,9 @@ def best_rule(order_logs: np.ndarray, overhead: float, cutoff: float, objective:
     E[count] / (E[duration] + o), ``lambda`` E[count] - rate * (E[duration] + o): best_cutoff's
     objectives, of which these are the k = N case (``lambda`` without a rate scores as ``step``).
     ``weights`` [N, S]: each sample's probability (calibration.OrderCalibration; None: 1 / S).
+    ``rows``: the arrivals (0-based, order_rows) the rows are, when thinned: each then counts
+    for the arrivals since the previous row (a slight undercount, the same for the time-only
+    rule and the quorums, so they compare on equal terms), and k is one of them.
 
     Candidates: every k < N, at M cutoffs log-spaced over the samples' range (M about
     QUORUM_PAIRS / N; the last one, the largest sample, is "no cutoff"). With
@@ -202,13 +220,15 @@ def best_rule(order_logs: np.ndarray, overhead: float, cutoff: float, objective:
     N, S = L.shape
     x = np.exp(L)
     p = np.full(L.shape, 1.0 / S) if weights is None else np.asarray(weights, dtype=np.float64)
+    stands_for = np.ones(N) if rows is None else np.diff(np.asarray(rows), prepend=-1)
     use_rate = objective == "lambda" and rate is not None
 
     def score(count, duration):
         return count - rate * (duration + overhead) if use_rate else count / (duration + overhead)
 
     cut = min(cutoff, float(x[-1, -1]))
-    time_only = float(score(p[x <= cut].sum(), (p[-1] * np.minimum(cut, x[-1])).sum()))
+    time_only = float(score(((p * (x <= cut)).sum(1) * stands_for).sum(),
+                            (p[-1] * np.minimum(cut, x[-1])).sum()))
     lo, hi = float(L[0, 0]), float(L[-1, -1])
     if N < 2 or not hi > lo:
         return cutoff, None, time_only, time_only
@@ -221,11 +241,13 @@ def best_rule(order_logs: np.ndarray, overhead: float, cutoff: float, objective:
     at = at.ravel()
     below = np.bincount(at, p.ravel(), N * M).reshape(N, M).cumsum(1)          # F_j(c)
     mass = np.bincount(at, (p * x).ravel(), N * M).reshape(N, M).cumsum(1)    # E[x_(j); <= c]
-    value = score(below.cumsum(0), mass + c * (1.0 - below))                  # [k, c]
+    count = (below * stands_for[:, None]).cumsum(0)
+    value = score(count, mass + c * (1.0 - below))                            # [k, c]
     k, j = np.unravel_index(int(np.argmax(value[:-1])), (N - 1, M))
     if not value[k, j] > time_only:
         return cutoff, None, time_only, time_only
-    return (math.inf if j == M - 1 else float(c[j])), int(k) + 1, float(value[k, j]), time_only
+    quorum = int(k) + 1 if rows is None else int(rows[k]) + 1
+    return (math.inf if j == M - 1 else float(c[j])), quorum, float(value[k, j]), time_only
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..model.calibration import OrderCalibration
-from ..model.inference import best_rule, order_statistics
+from ..model.inference import best_rule, order_rows, order_statistics
 
 EXPLORE = 8  # every EXPLORE-th choice is time-only (calibrated choices only)
 
@@ -41,20 +41,25 @@ class QuorumChoice:
         workers' columns are dropped), given the step just observed (``times``, ``censored``;
         ``ran``: the quorum it ran under) and the time-only ``cutoff``."""
         present = ~np.isnan(times)
-        order = order_statistics(log_samples[:, present])
+        n = int(present.sum())
+        rows = order_rows(n)  # beyond ORDER_ROWS workers, every m-th arrival stands for m
+        order = order_statistics(log_samples[:, present], rows)
         weights = None
         if self.calibration is not None:
-            if self._last is not None and self._last.shape[0] == int(present.sum()):
+            if self._last is not None and self._last.shape[0] == rows.size:
                 with np.errstate(divide="ignore"):  # a 0.0 time: log -inf, still in order
                     arrived = np.sort(np.log(times[present & ~censored]))
                     end = float(np.log(times[censored].max())) if censored.any() else math.inf
-                self.calibration.update(self._last, arrived, end, ran)
+                told = n if ran is None else max(min(int(ran), n), arrived.size)
+                self.calibration.update(self._last, arrived[rows[rows < arrived.size]], end,
+                                        int(np.count_nonzero(rows < told)))
             weights = self.calibration.weights(*order.shape)
         self._last = order
         self._choices += 1
         if self.calibration is not None and self._choices % EXPLORE == 0:
             return cutoff, None
-        c, k, _, _ = best_rule(order, self.overhead, cutoff, self.objective, rate, weights)
+        c, k, _, _ = best_rule(order, self.overhead, cutoff, self.objective, rate, weights,
+                               None if rows.size == n else rows)
         if not c > 0:  # inf is fine with a quorum: the quorum alone ends the step
             raise FloatingPointError(f"the joint choice gave cutoff {c}")
         return c, k
