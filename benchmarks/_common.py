@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import deque
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 import numpy as np
 
@@ -27,8 +29,10 @@ def machine() -> str:
     return f"cpu: {cpu_model()}, {os.cpu_count()} cores"
 
 
-def horovodrun(np_: int, script: Path, params: Dict[str, Any], timeout: float = 900) -> List[dict]:
-    """Runs ``script --rank-side OUTDIR PARAMS`` on np_ local ranks; returns each rank's JSON."""
+def horovodrun(np_: int, script: Path, params: Dict[str, Any], timeout: float = 900,
+               on_line: Optional[Callable[[str], None]] = None) -> List[dict]:
+    """Runs ``script --rank-side OUTDIR PARAMS`` on np_ local ranks; returns each rank's JSON.
+    ``on_line`` sees each line of the ranks' output as it comes (for a progress bar)."""
     launcher = Path(sys.executable).with_name("horovodrun")
     with tempfile.TemporaryDirectory() as out:
         cmd = [str(launcher), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", sys.executable,
@@ -36,14 +40,26 @@ def horovodrun(np_: int, script: Path, params: Dict[str, Any], timeout: float = 
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=env, start_new_session=True)
+        lines: Deque[str] = deque(maxlen=400)  # the tail, for the error message
+        # A thread drains the output, so the timeout holds however much or little it prints.
+        reader = threading.Thread(target=_drain, args=(proc.stdout, lines, on_line), daemon=True)
+        reader.start()
         try:
-            output, _ = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise RuntimeError(f"{script.name}: ranks did not finish in {timeout} s") from None
+        reader.join(timeout=10)
         if proc.returncode != 0:
-            raise RuntimeError(f"{script.name}: horovodrun failed:\n{output[-3000:]}")
+            raise RuntimeError(f"{script.name}: horovodrun failed:\n{''.join(lines)[-3000:]}")
         return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(np_)]
+
+
+def _drain(stream, lines: Deque[str], on_line) -> None:
+    for line in stream:
+        lines.append(line)
+        if on_line is not None:
+            on_line(line)
 
 
 def write_rank_result(outdir: str, rank: int, payload: dict) -> None:

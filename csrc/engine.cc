@@ -63,6 +63,11 @@ constexpr double kCloseGraceSeconds = 5.0;
 // A failed arrival channel becomes this engine's error after this long, unless an error that
 // explains it (a rank's death or close, reported by Horovod) arrives first.
 constexpr double kChannelGraceSeconds = 2.0;
+// How long close() lets the step end by itself (every rank closing claims it) before it wakes
+// its own waiter: the coordinator hosts the channel, so it waits longest. Taking the store down
+// under the others' waiters would end them with c10d's "recvValue failed" stack traces.
+constexpr double kHostCloseGraceSeconds = 5.0;
+constexpr double kCloseWakeSeconds = 0.5;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 double effective(double cutoff) { return cutoff > kMaxCutoff ? kInf : cutoff; }
@@ -189,6 +194,7 @@ struct EngineState {
   bool cut_by_quorum = false;
   double announced_at = kNaN;
   int64_t waiter_step = -1;  // the step the waiter blocks on (close wakes it)
+  bool waiter_done = false;
 
   // The channel serves step `step`: every rank uses it from step 1 on, or not at all.
   bool channel_serves(int64_t step) const {
@@ -510,6 +516,33 @@ void raise_timer_priority() {
   pthread_setschedparam(pthread_self(), SCHED_FIFO, &param);  // best effort
 }
 
+// Lock held (released for the round trip): may the deadline cut this computing rank? Only if
+// someone has arrived; if nobody has, the step waits for every rank, or the quorum
+// (waiting_all). Without a working channel the deadline alone decides.
+bool deadline_cuts(EngineState& s, std::unique_lock<std::mutex>& lock) {
+  if (!s.channel_serves(s.open) || !s.channel) return true;
+  const int64_t step = s.open;
+  ArrivalChannel* channel = s.channel.get();
+  lock.unlock();
+  Tally tally;
+  std::string fault;
+  try {
+    tally = channel->mark(step);
+  } catch (const std::exception& e) {
+    fault = e.what();
+  }
+  lock.lock();
+  if (!fault.empty()) {
+    channel_failed(s, fault);
+    return true;
+  }
+  if (s.open == step && tally.arrivals == 0) {
+    s.waiting_all = true;
+    return false;
+  }
+  return true;
+}
+
 // One pass of the timer: returns false when the thread should end. Lock held.
 bool timer_pass(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mutex>& lock) {
   EngineState& s = *sp;
@@ -562,25 +595,10 @@ bool timer_pass(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mu
   if (s.pending_pack) {
     const bool ready = s.pending_pack->Ready();
     bool late = s.ended || (now >= s.deadline && !s.hold && !s.waiting_all);
-    if (late && !s.ended && s.channel_serves(s.open) && s.channel) {
-      // The deadline cuts only if someone has arrived (see the top of this file).
+    if (late && !s.ended) {
       const int64_t step = s.open;
-      ArrivalChannel* channel = s.channel.get();
-      lock.unlock();
-      Tally tally;
-      std::string fault;
-      try {
-        tally = channel->mark(step);
-      } catch (const std::exception& e) {
-        fault = e.what();
-      }
-      lock.lock();
-      if (!fault.empty()) channel_failed(s, fault);
-      if (s.open != step || !s.pending_pack) return true;
-      if (fault.empty() && tally.arrivals == 0) {
-        s.waiting_all = true;
-        return true;
-      }
+      late = deadline_cuts(s, lock);
+      if (s.open != step || !s.pending_pack) return true;  // changed meanwhile: look again
     }
     if (ready || late) {
       BufferPtr packed = std::move(s.pending_buffer);
@@ -612,29 +630,9 @@ bool timer_pass(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mu
       s.inject_timer_fault = false;
       throw std::runtime_error("injected fault (HOROVOD_CUTOFF_INJECT_TIMER_FAULT)");
     }
-    if (s.channel_serves(s.open) && s.channel) {
-      // Cut only if someone has arrived; else the step waits for every rank (or the quorum).
-      const int64_t step = s.open;
-      ArrivalChannel* channel = s.channel.get();
-      lock.unlock();
-      Tally tally;
-      std::string fault;
-      try {
-        tally = channel->mark(step);
-      } catch (const std::exception& e) {
-        fault = e.what();
-      }
-      lock.lock();
-      if (!fault.empty()) {
-        channel_failed(s, fault);  // the next pass cuts by the deadline alone
-        return true;
-      }
-      if (s.open != step || s.submitted) return true;
-      if (tally.arrivals == 0) {
-        s.waiting_all = true;
-        return true;
-      }
-    }
+    const int64_t step = s.open;
+    if (!deadline_cuts(s, lock)) return true;
+    if (s.open != step || s.submitted || s.hold) return true;  // changed meanwhile: look again
     submit_zeros(sp, lock);
     return true;
   }
@@ -675,6 +673,13 @@ void waiter_loop(std::shared_ptr<EngineState> sp) {
   EngineState& s = *sp;
   const bool coordinator = s.config.rank == s.config.coordinator;
   std::unique_lock<std::mutex> lock(s.mu);
+  struct Done {  // however the loop ends, close() learns of it
+    EngineState& s;
+    ~Done() {
+      s.waiter_done = true;
+      s.arrival_cv.notify_all();
+    }
+  } done{s};
   auto quit = [&] { return s.stop || s.closing || !s.error.empty() || !s.channel_fault.empty(); };
   for (int64_t t = 1;; ++t) {
     s.arrival_cv.wait(lock, [&] { return quit() || (s.channel && s.open >= t); });
@@ -805,8 +810,12 @@ void Engine::close() {
   if (waiter_.joinable()) {
     int64_t blocked_on = -1;
     {
-      std::lock_guard<std::mutex> lock(state_->mu);
-      blocked_on = state_->waiter_step;
+      std::unique_lock<std::mutex> lock(state_->mu);
+      const bool hosts = state_->config.rank == state_->config.coordinator;
+      state_->arrival_cv.wait_for(
+          lock, std::chrono::duration<double>(hosts ? kHostCloseGraceSeconds : kCloseWakeSeconds),
+          [&] { return state_->waiter_done; });
+      if (!state_->waiter_done) blocked_on = state_->waiter_step;
     }
     if (blocked_on >= 0 && state_->channel) {
       try {

@@ -63,7 +63,11 @@ def train(args, cutoff, options, trace):
             injector.delay(step, abort=getattr(optimizer, "is_cut", None))
             return loss
 
-        optimizer.step(closure)
+        if cutoff is None:  # Horovod's step(closure) reduces before it calls the closure
+            closure()
+            optimizer.step()
+        else:
+            optimizer.step(closure)
         if step % 10 == 9:
             # Evaluation between steps: paused() stops the cutoff's clock meanwhile.
             with getattr(optimizer, "paused", contextlib.nullcontext)(), torch.no_grad():

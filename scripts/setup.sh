@@ -44,7 +44,7 @@ if ! "$VPY" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '
 fi
 "${PIP[@]}" "setuptools>=64" wheel "pybind11>=2.11" "scikit-build-core>=0.10" \
   "numpy>=1.24" "scipy>=1.10" "matplotlib>=3.7" "tqdm>=4.60" "pytest>=7" "pytest-timeout>=2.1" \
-  "triton>=3.0" psutil cloudpickle pyyaml packaging cffi
+  "scikit-learn>=1.3" "triton>=3.0" psutil cloudpickle pyyaml packaging cffi
 
 TORCH_TAG=$("$VPY" -c "import torch; print(torch.__version__.replace('+', '_'))")
 PY_TAG=$("$VPY" -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
