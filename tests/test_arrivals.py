@@ -65,6 +65,16 @@ def test_pause_of_every_rank_without_paused_loses_nobody(horovodrun):
 
 
 @multirank
+def test_coordinator_closing_first_leaves_no_channel_errors_on_the_others(horovodrun):
+    """Before: the coordinator took its store down at once, under the others' waiters, and
+    c10d printed "recvValue failed" stack traces on every other rank."""
+    job = horovodrun(3, "close_at_end", steps=5, delay=0.5)
+    assert job.returncode == 0, job.output[-3000:]
+    assert "recvValue" not in job.output and "Traceback" not in job.output, job.output[-3000:]
+    assert job.rank(0)["close_seconds"] < 5.0  # it waited for the others, not for the grace
+
+
+@multirank
 def test_death_of_the_store_host_is_an_error_on_every_rank_in_bounded_time(horovodrun):
     # Rank 0 exits with status 0, so horovodrun leaves the others to notice by themselves.
     job = horovodrun(3, "death", timeout=90, steps=200, die_at=5, dies=0, exit_status=0,

@@ -178,6 +178,23 @@ def quorum(p: dict) -> dict:
     return {"stats": opt.cutoff_stats(), "w": w.detach().tolist()}
 
 
+def close_at_end(p: dict) -> dict:
+    """A job's end: the coordinator closes its optimizer first, the others a moment later."""
+    rank = hvd.rank()
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = hvd.DistributedOptimizer(torch.optim.SGD([w], lr=1.0), named_parameters=[("w", w)],
+                                   cutoff="static", cutoff_options={"seconds": 0.05})
+    for _ in range(p["steps"]):
+        opt.zero_grad()
+        w.sum().backward()
+        opt.step()
+    if rank != 0:
+        time.sleep(p["delay"])
+    started = time.monotonic()
+    opt.close()
+    return {"close_seconds": time.monotonic() - started, "w": w.detach().tolist()}
+
+
 def count_zero(p: dict) -> dict:
     """Every rank is late for one step: that step applies nothing and the cutoff widens."""
     w = torch.nn.Parameter(torch.zeros(4))
@@ -381,7 +398,7 @@ def close_one(p: dict) -> dict:
 
 
 SCENARIOS = {f.__name__: f for f in (identical, mean_of_contributors, none_matches_horovod,
-                                     straggler, quorum, count_zero, mismatch, death, pause, lag,
+                                     straggler, quorum, close_at_end, count_zero, mismatch, death, pause, lag,
                                      stop_stepping, extra_optimizer, close_one)}
 
 if __name__ == "__main__":
