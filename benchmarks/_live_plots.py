@@ -37,11 +37,7 @@ def job_figure(path: Path, title: str, runs: Sequence[dict], target_loss: float)
     right.set_ylabel(f"gradients / s (label: vs {base['run']})")
     right.tick_params(axis="x", labelrotation=30)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def sim_vs_live_figure(path: Path, title: str, rows: Dict[str, dict]) -> Path:
@@ -63,6 +59,10 @@ def sim_vs_live_figure(path: Path, title: str, rows: Dict[str, dict]) -> Path:
     ax.set_ylabel("gradients/s vs none")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
