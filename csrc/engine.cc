@@ -302,6 +302,21 @@ void channel_failed(EngineState& s, const std::string& what) {
   s.arrival_cv.notify_all();
 }
 
+// Runs one channel round trip with the lock released (never held across the network);
+// returns why it failed, or "" if it did not.
+template <typename Call>
+std::string unlocked(std::unique_lock<std::mutex>& lock, Call&& call) {
+  lock.unlock();
+  std::string fault;
+  try {
+    call();
+  } catch (const std::exception& e) {
+    fault = e.what();
+  }
+  lock.lock();
+  return fault;
+}
+
 // Lock held on entry and exit (released for the round trip): announces this rank's claim of
 // the open step `step`. A rank that has not joined the channel yet waits for it.
 void announce(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mutex>& lock,
@@ -315,14 +330,7 @@ void announce(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mute
   ArrivalChannel* channel = s.channel.get();
   const int64_t k = s.quorum_k();
   if (arrival) s.announced_at = seconds_between(s.start, Clock::now());
-  lock.unlock();
-  std::string fault;
-  try {
-    channel->announce(step, arrival, k);
-  } catch (const std::exception& e) {
-    fault = e.what();
-  }
-  lock.lock();
+  const std::string fault = unlocked(lock, [&] { channel->announce(step, arrival, k); });
   if (!fault.empty()) channel_failed(s, fault);
 }
 
@@ -523,15 +531,8 @@ bool deadline_cuts(EngineState& s, std::unique_lock<std::mutex>& lock) {
   if (!s.channel_serves(s.open) || !s.channel) return true;
   const int64_t step = s.open;
   ArrivalChannel* channel = s.channel.get();
-  lock.unlock();
   Tally tally;
-  std::string fault;
-  try {
-    tally = channel->mark(step);
-  } catch (const std::exception& e) {
-    fault = e.what();
-  }
-  lock.lock();
+  const std::string fault = unlocked(lock, [&] { tally = channel->mark(step); });
   if (!fault.empty()) {
     channel_failed(s, fault);
     return true;
@@ -557,19 +558,17 @@ bool timer_pass(const std::shared_ptr<EngineState>& sp, std::unique_lock<std::mu
     // Join the coordinator's channel before anything of step 1 happens on this rank.
     const std::string host = s.join_host;
     const int port = s.join_port;
-    lock.unlock();
     std::unique_ptr<ArrivalChannel> joined;
-    std::string fault;
-    try {
+    const std::string fault = unlocked(lock, [&] {
       joined = ArrivalChannel::join(s.config.name, host, port, s.config.rank, s.config.world,
                                     s.config.store_timeout);
-    } catch (const std::exception& e) {
-      fault = "could not reach " + host + ":" + std::to_string(port) +
-              " (set HOROVOD_CUTOFF_STORE_ADDR to an address every rank reaches): " + e.what();
-    }
-    lock.lock();
+    });
     if (joined) s.channel = std::move(joined);
-    if (!fault.empty()) channel_failed(s, fault);
+    if (!fault.empty()) {
+      channel_failed(s, "could not reach " + host + ":" + std::to_string(port) +
+                            " (set HOROVOD_CUTOFF_STORE_ADDR to an address every rank reaches): " +
+                            fault);
+    }
     s.arrival_cv.notify_all();
     return true;
   }
@@ -686,14 +685,7 @@ void waiter_loop(std::shared_ptr<EngineState> sp) {
     if (quit()) break;
     ArrivalChannel* channel = s.channel.get();
     s.waiter_step = t;
-    lock.unlock();
-    std::string fault;
-    try {
-      channel->wait_end(t);
-    } catch (const std::exception& e) {
-      fault = e.what();
-    }
-    lock.lock();
+    std::string fault = unlocked(lock, [&] { channel->wait_end(t); });
     s.waiter_step = -1;
     if (s.stop || s.closing) break;
     if (!fault.empty()) {
@@ -708,13 +700,7 @@ void waiter_loop(std::shared_ptr<EngineState> sp) {
       }
       s.timer_cv.notify_all();  // a device pack still pending is now too late
     }
-    lock.unlock();
-    try {
-      channel->forget(t, /*previous_counter=*/coordinator);
-    } catch (const std::exception& e) {
-      fault = e.what();
-    }
-    lock.lock();
+    fault = unlocked(lock, [&] { channel->forget(t, /*previous_counter=*/coordinator); });
     if (!fault.empty()) {
       if (!s.stop && !s.closing) channel_failed(s, fault);
       break;

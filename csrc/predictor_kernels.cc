@@ -393,14 +393,20 @@ void random_words(uint64_t* state, uint64_t* out, size_t n) {
   }
 }
 
+// The random words for the next `wanted` values, two per word, into ws.noise_bits: returns
+// how many words to use (at most the workspace's chunk; whole rounds of the streams are drawn).
+size_t next_words(Workspace& ws, size_t wanted) {
+  const size_t chunk = static_cast<size_t>(ws.noise_chunk);
+  const size_t words = (wanted + 1) / 2 < chunk ? (wanted + 1) / 2 : chunk;
+  random_words(ws.rng, ws.noise_bits, (words + kRngStreams - 1) / kRngStreams * kRngStreams);
+  return words;
+}
+
 // n uniforms in [0, 1) with 24 bits (as torch.rand's float32), two per random word.
 void uniforms(Workspace& ws, float* out, size_t n) {
-  uint64_t* bits = ws.noise_bits;
-  const size_t chunk = static_cast<size_t>(ws.noise_chunk);
+  const uint64_t* bits = ws.noise_bits;
   for (size_t done = 0; done < n;) {
-    const size_t words = (n - done + 1) / 2 < chunk ? (n - done + 1) / 2 : chunk;
-    const size_t drawn = (words + kRngStreams - 1) / kRngStreams * kRngStreams;
-    random_words(ws.rng, bits, drawn);
+    const size_t words = next_words(ws, n - done);
     float* lo = ws.noise_cos;
     float* hi = ws.noise_sin;
     for (size_t m = 0; m < words; ++m) {
@@ -418,14 +424,11 @@ void uniforms(Workspace& ws, float* out, size_t n) {
 // angle from 24 others: two bits pick the quadrant, 22 an angle x in [-pi/4, pi/4), so that
 // sin x and cos x need only short polynomials and the transform vectorises.
 void normals(Workspace& ws, float* out, size_t n) {
-  uint64_t* bits = ws.noise_bits;
+  const uint64_t* bits = ws.noise_bits;
   float* cs = ws.noise_cos;
   float* sn = ws.noise_sin;
-  const size_t chunk = static_cast<size_t>(ws.noise_chunk);
   for (size_t done = 0; done < n;) {
-    const size_t pairs = (n - done + 1) / 2 < chunk ? (n - done + 1) / 2 : chunk;
-    const size_t drawn = (pairs + kRngStreams - 1) / kRngStreams * kRngStreams;
-    random_words(ws.rng, bits, drawn);
+    const size_t pairs = next_words(ws, n - done);
     for (size_t m = 0; m < pairs; ++m) {
       const uint32_t a = static_cast<uint32_t>(bits[m] >> 32), b = static_cast<uint32_t>(bits[m]);
       const float u1 = static_cast<float>(static_cast<int32_t>(a >> 8) + 1) * 0x1.0p-24f;  // (0, 1]

@@ -237,7 +237,7 @@ class _RuleCurve:
         if histogram is None:
             histogram = self._histogram(ends, c)
         gradients = np.rint(np.cumsum(histogram)[:-1])
-        reached, late_sums = self._reached(c)
+        at, reached, late_sums = self._reached(c)
         late = T - reached
         capped = _capped_sum(ends, c)  # sum_t min(c, x_(k))
         if not self.arrivals:
@@ -245,20 +245,21 @@ class _RuleCurve:
             return gradients + retry_gradients, T * o + capped + retry_seconds, T + late
         # On-time rows: min(c, x_(k)), i.e. capped less c for each late row (x_(k) > c there);
         # late rows: x_(k).
-        late_ends = _cumulative(np.searchsorted(c, self.first), c.size, ends, late=True)
+        late_ends = _cumulative(at, c.size, ends, late=True)
         seconds = T * o + capped - _times(c, late) + late_ends
         return gradients, seconds, np.full(c.size, T)
 
     def _reached(self, c: np.ndarray) -> tuple:
-        """At each cutoff: how many rows someone makes by it, and over the others the sums
-        that do not depend on k (without arrivals: the retry's seconds and gradients; with:
-        the first arrivals). Kept for the last cutoffs asked: a sweep over k reuses them."""
+        """Each row's first cutoff at or above its first arrival; at each cutoff, how many rows
+        someone makes by it; and (without arrivals) over the others the retry's seconds and
+        gradients, which do not depend on k. Kept for the last cutoffs asked: a sweep over k
+        reuses them."""
         if self._memo is None or self._memo[0] is not c:
             at = np.searchsorted(c, self.first)  # the first cutoff that reaches each row
             late = None if self.arrivals else (
                 _cumulative(at, c.size, self.slowest + self.overhead, late=True),
                 _cumulative(at, c.size, self.present.astype(float), late=True))
-            self._memo = (c, _cumulative(at, c.size), late)
+            self._memo = (c, at, _cumulative(at, c.size), late)
         return self._memo[1:]
 
     def _histogram(self, ends: np.ndarray, c: np.ndarray) -> np.ndarray:
