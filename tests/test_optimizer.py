@@ -486,3 +486,31 @@ def test_exception_on_the_timer_thread_is_an_error_not_an_abort(monkeypatch):
     with pytest.raises(RuntimeError, match="deadline timer failed: injected fault"):
         opt.step()
     opt.close()
+
+
+class LivePolicy:
+    """Records the service's calls: serve_live() when it starts, close() when it stops."""
+
+    def __init__(self):
+        self.calls = []
+
+    def serve_live(self):
+        self.calls.append("serve_live")
+
+    def close(self):
+        self.calls.append("close")
+
+    def observe(self, times, censored):
+        pass
+
+    def cutoff(self):
+        return math.inf
+
+
+def test_the_service_moves_a_policys_long_work_off_its_thread_and_stops_it_on_close():
+    policy = LivePolicy()
+    model, opt = make(policy)
+    loss_step(model, opt)
+    assert policy.calls == ["serve_live"]
+    opt.close()
+    assert policy.calls == ["serve_live", "close"]

@@ -41,6 +41,9 @@ class CutoffService:
                                         daemon=True)
 
     def start(self) -> "CutoffService":
+        live = getattr(self.policy, "serve_live", None)
+        if live is not None:  # a policy with long work (predictive's refits) moves it off our thread
+            live()
         self._answer(basis=-1)  # the policy's cutoff before any observation
         self._thread.start()
         return self
@@ -49,6 +52,9 @@ class CutoffService:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        close = getattr(self.policy, "close", None)
+        if close is not None:
+            close()
 
     # ---- the thread -----------------------------------------------------------------------
 

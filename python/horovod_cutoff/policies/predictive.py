@@ -23,8 +23,11 @@ done earlier and so cuts needlessly on a straggler-free cluster; ``lambda``,
 E[#{x_n <= c}] - lam * (E[min(c, max x)] + o) with lam the running throughput this policy
 has seen, the long-run form. All three are compared by benchmarks/p6_simulator.py.
 Weights: the shipped pretrained ones unless ``model=FILE``; ``load_weights`` swaps others in
-mid-run. The model adapts in context through its recurrent state; no training runs inside
-the policy (background fine-tuning on the run's own history is left for later). If the model
+mid-run. The model adapts in context through its recurrent state; with ``finetune`` (default
+on) it also refits its emission on the run's own last steps every ``finetune_every`` steps
+(model/finetune.py): in the simulator between two steps, deterministic; under the live cutoff
+service on a background thread (``serve_live``), the new weights swapping in at the first
+step after the refit ends, so the service never waits for it. If the model
 fails or yields a non-finite cutoff, the policy warns once and from then on answers with the
 adaptive policy, which shadows every observation so it is ready at once.
 """
@@ -32,7 +35,9 @@ adaptive policy, which shadows every observation so it is ready at once.
 from __future__ import annotations
 
 import math
+import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -41,6 +46,7 @@ import torch
 
 from ..kernels import make_predictor
 from ..model.calibration import SpreadCalibration
+from ..model.finetune import EmissionWindow, refit_emission
 from ..model.inference import GRID_BINS, OBJECTIVES, Noise, hot_path
 from ..model.network import RunTimeModel, State
 from ..model.weights import load_model, weights_hash
@@ -50,6 +56,10 @@ from .quorum import QuorumChoice
 
 AUTO_DRAWS, AUTO_RANGE = 16384, (64, 256)  # samples=None: S = AUTO_DRAWS / N within the range
 RATE_DECAY = 0.99  # the running throughput's memory (lambda objective), per step
+FINETUNE_FIRST = 100  # steps seen before the first refit of the emission
+# Live, a refit starts only once this many times its predecessor's duration has passed since
+# that one ended: fine-tuning takes at most a tenth of one of the coordinator's cores.
+LIVE_REFIT_SPACING = 9.0
 
 
 class Predictive(Policy):
@@ -57,7 +67,8 @@ class Predictive(Policy):
 
     def __init__(self, overhead: float = 0.0, samples: Optional[int] = None, seed: int = 0,
                  model: Union[str, Path, RunTimeModel, None] = None, objective: str = "step",
-                 calibrate: bool = True, fast: bool = True, quorum: bool = True):
+                 calibrate: bool = True, fast: bool = True, quorum: bool = True,
+                 finetune: bool = True, finetune_every: int = 100):
         self.overhead = non_negative_seconds(overhead, "overhead")
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, float))
                                     or int(samples) != samples or int(samples) < 1):
@@ -73,6 +84,11 @@ class Predictive(Policy):
         if not isinstance(quorum, (bool, np.bool_)):
             raise ValueError(f"quorum must be True or False, got {quorum!r}")
         self.choose_quorum = bool(quorum) and objective != "ratio"
+        if not isinstance(finetune, (bool, np.bool_)):
+            raise ValueError(f"finetune must be True or False, got {finetune!r}")
+        if isinstance(finetune_every, bool) or not isinstance(finetune_every, (int, np.integer)) \
+                or finetune_every < 1:
+            raise ValueError(f"finetune_every must be a positive number of steps, got {finetune_every!r}")
         self._quorum: Optional[int] = None
         self.generator = torch.Generator().manual_seed(self.seed)
         self.fallback = AdaptiveLogNormal(overhead=self.overhead)
@@ -84,6 +100,15 @@ class Predictive(Policy):
         self._last_log: Optional[np.ndarray] = None  # [S, N] the last prediction's log samples
         self.calibration = SpreadCalibration() if calibrate else None
         self.joint = QuorumChoice(self.overhead, objective, calibrate) if self.choose_quorum else None
+        self.pretrained = self.model  # each refit starts from these weights
+        self.finetune_every = int(finetune_every)
+        self.window = EmissionWindow(seed=self.seed) if finetune else None
+        self.refits = 0               # refits whose weights were swapped in
+        self._since_refit = 0
+        self._before: Optional[State] = None  # the filter state the last prediction came from
+        self._background: Optional[ThreadPoolExecutor] = None  # serve_live(): refits off-thread
+        self._refit: Optional[Future] = None
+        self._next_refit_at = 0.0   # live: monotonic time before which no refit starts
 
     def samples_for(self, workers: int) -> int:
         """S for N workers: as given, or (None) AUTO_DRAWS / N within AUTO_RANGE: about the same
@@ -104,7 +129,7 @@ class Predictive(Policy):
                              f"{self.model.hparams}: only weights of the same shape swap in")
         if self._predictor is not None:
             self._predictor.load_weights(new)
-        self.model, self.hash = new, weights_hash(new)
+        self.model, self.pretrained, self.hash = new, new, weights_hash(new)
         self.model_source = "object" if isinstance(model, RunTimeModel) else str(model)
         return self.hash
 
@@ -135,6 +160,8 @@ class Predictive(Policy):
             if self.joint is not None:  # the quorum this step ran under: no lag
                 c, k = self.joint.choose(times, censored, log_samples, c, self._quorum, rate)
             self._cutoff, self._quorum = c, k
+            if self.window is not None:
+                self._finetune(times, censored)
             # The calibration learns from this step after the cutoff is out: one step late, off
             # the latency path; then keep this prediction's samples for the next step.
             if self.calibration is not None and self._last_log is not None \
@@ -146,6 +173,65 @@ class Predictive(Policy):
             self.failed = f"{type(err).__name__}: {err}"
             warnings.warn(f"predictive policy: the run-time model failed ({self.failed}); "
                           "falling back to the adaptive policy", RuntimeWarning, stacklevel=2)
+
+    def serve_live(self) -> None:
+        """Called by the live cutoff service: from now on refits run on a background thread,
+        so observe() never waits for one (the simulator keeps them inline and deterministic)."""
+        if self.window is not None and self._background is None:
+            self._background = ThreadPoolExecutor(1, thread_name_prefix="predictive-refit")
+
+    def close(self) -> None:
+        """Stops the background refits (a refit under way finishes; its result is dropped)."""
+        if self._background is not None:
+            self._background.shutdown(wait=False, cancel_futures=True)
+            self._background, self._refit = None, None
+
+    def _finetune(self, times: np.ndarray, censored: np.ndarray) -> None:
+        """Records this step for the emission refits; starts one when due, swaps one in when done."""
+        if self._before is not None and self._before.h.shape[1] == times.size:
+            self.window.add(self._before, times, censored)
+        self._before = self.state
+        self._since_refit += 1
+        if self._refit is not None and self._refit.done():
+            refit, self._refit = self._refit, None
+            if refit.exception() is not None:
+                self._swap(refit.exception())
+            else:
+                new, seconds = refit.result()
+                self._next_refit_at = time.monotonic() + LIVE_REFIT_SPACING * seconds
+                self._swap(new)
+        due = len(self.window) >= FINETUNE_FIRST and self._since_refit >= self.finetune_every
+        if not due or self._refit is not None or \
+                (self._background is not None and time.monotonic() < self._next_refit_at):
+            return
+        self._since_refit = 0
+        seed = self.seed + self.refits + 1
+        if self._background is None:
+            try:
+                new = refit_emission(self.pretrained, self.window, seed=seed)
+            except Exception as err:  # noqa: BLE001  (handed to _swap, which warns)
+                new = err
+            self._swap(new)
+        else:  # the window is copied now: the thread fits what was seen, observe() goes on
+            self._refit = self._background.submit(_timed_refit, self.pretrained,
+                                                  self.window.snapshot(), seed)
+
+    def _swap(self, new: Union[RunTimeModel, BaseException, None]) -> None:
+        """Puts a refit's weights in use. A refit that failed costs only the fine-tuning:
+        warn once, keep the weights in use and stop refitting; None (the fit went
+        non-finite) just keeps the weights in use."""
+        if isinstance(new, BaseException):
+            warnings.warn(f"predictive policy: refitting the emission failed ({type(new).__name__}: "
+                          f"{new}); fine-tuning stops, the model goes on with its current weights",
+                          RuntimeWarning, stacklevel=3)
+            self.window = None
+            return
+        if new is None:
+            return
+        if self._predictor is not None:
+            self._predictor.load_weights(new)
+        self.model, self.hash = new, weights_hash(new)
+        self.refits += 1
 
     def _fast_step(self, times: np.ndarray, censored: np.ndarray, rate,
                    spread: float) -> Tuple[float, np.ndarray]:
@@ -185,4 +271,12 @@ class Predictive(Policy):
         return {"policy": self.name, "overhead": self.overhead, "samples": self.samples,
                 "seed": self.seed, "objective": self.objective, "model_sha256": self.hash,
                 "calibrate": self.calibration is not None, "fast": self.fast,
-                "quorum": self.choose_quorum}
+                "quorum": self.choose_quorum, "finetune": self.window is not None,
+                "finetune_every": self.finetune_every}
+
+
+def _timed_refit(pretrained: RunTimeModel, window: EmissionWindow,
+                 seed: int) -> Tuple[Optional[RunTimeModel], float]:
+    """refit_emission on the background thread, with its wall time (the live spacing)."""
+    started = time.monotonic()
+    return refit_emission(pretrained, window, seed=seed), time.monotonic() - started
