@@ -49,6 +49,16 @@ class SimulatedCluster:
         self.inner.cutoff()
         self.answer_seconds.append(time.perf_counter() - started)
 
+    def serve_live(self):  # the service's call: the inner policy's refits go off its thread
+        live = getattr(self.inner, "serve_live", None)
+        if live is not None:
+            live()
+
+    def close(self):
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
     def cutoff(self):
         # Far beyond any step here: the policy's work is real, its answer never cuts anyone.
         return 60.0

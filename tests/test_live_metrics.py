@@ -60,3 +60,22 @@ def test_neighbour_spells_alternate_and_repeat_for_a_seed():
     a = spells(60.0, seed=3)
     assert a == spells(60.0, seed=3) and len(a) > 5
     assert all(on < off for on, off in a) and all(a[i][1] < a[i + 1][0] for i in range(len(a) - 1))
+
+
+def test_the_results_tables_show_every_run_of_the_committed_p7_result():
+    import json
+
+    from _live_tables import markdown
+
+    result = json.loads((ROOT / "docs" / "figures" / "live" / "p7.json").read_text())
+    text = markdown(result)
+    assert ("not met" in text) != result["met"]
+    gain = result["headline"]["predictive_gain"]
+    assert f"| predictive vs none | {gain['median']:.2f}x ({gain['min']:.2f}-{gain['max']:.2f}) |" in text
+    for job, rows in result["runs"].items():
+        assert f"**{job}**" in text
+        for r in rows:
+            assert f"| {r['run']} | {r['gradients_per_s']:.1f} | {r['gain_vs_none']:.2f}x |" in text
+    for name in result["sim_vs_live"]["gains"]:
+        assert f"| {name} | {result['sim_vs_live']['gains'][name]['measured']:.2f}x |" in text
+    assert all(line in text for line in result["losing"])

@@ -179,6 +179,10 @@ class Predictive(Policy):
         so observe() never waits for one (the simulator keeps them inline and deterministic)."""
         if self.window is not None and self._background is None:
             self._background = ThreadPoolExecutor(1, thread_name_prefix="predictive-refit")
+            # A process's first torch optimizer imports torch._dynamo: seconds holding the GIL,
+            # which on the refit thread stalled the service for 0.46 s. Pay it here, before
+            # training (a training job has usually paid it already, for its own optimizer).
+            torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
     def close(self) -> None:
         """Stops the background refits (a refit under way finishes; its result is dropped)."""
