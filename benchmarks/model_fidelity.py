@@ -72,10 +72,12 @@ def fidelity(quick: bool) -> dict:
         times = generate(name, n["workers"], n["steps"], 0)
         start = int(0.8 * n["steps"])
         row = {}
-        for label, calibrate in (("model", True), ("model_uncalibrated", False)):
-            check = predictive_trace(model, times, samples=64, start=start, calibrate=calibrate)
+        for label, calibrate, finetune in (("model", True, True), ("model_not_finetuned", True, False),
+                                           ("model_uncalibrated", False, False)):
+            check = predictive_trace(model, times, samples=64, start=start, calibrate=calibrate,
+                                     finetune=finetune)
             row[label] = summary(check, start)
-            if calibrate:
+            if finetune:
                 pits[name] = check["pit"][start:]
                 predicted[name] = np.nanmean(check["mean"][start:], axis=0)
                 actual[name] = times[start:].mean(axis=0)
@@ -96,7 +98,9 @@ def fidelity(quick: bool) -> dict:
             "met": wins == len(per) and covered, "coverage_within_5_points": covered,
             "device": machine(), "command": " ".join(sys.argv), "per_scenario": per, "plots": plots,
             "note": "log-likelihood: log density of x in seconds, nats per worker-step, last 20%; "
-                    "model: with the online spread calibration the policy runs (model/calibration.py)"}
+                    "model: the predictive the policy acts on, with its online spread calibration "
+                    "(model/calibration.py) and its emission refits (model/finetune.py); "
+                    "model_not_finetuned: the shipped weights' emission throughout"}
 
 
 def ablation(quick: bool) -> dict:

@@ -5,7 +5,8 @@ that reuse it: model.families.random_trace) are replayed on X, beside weights pr
 every family with the same budget (the control), and the shipped weights (a larger budget).
 Reported per scenario: P5 (predictive / oracle after warmup, and from step 0 for the
 left-out weights), P6 (vs the best time-only online baseline and vs the better hindsight
-baseline) and fidelity (next-step log-likelihood, 50% / 90% interval coverage on the last 20%).
+baseline) and fidelity (next-step log-likelihood, 50% / 90% interval coverage on the last 20%,
+of the predictive the policy acts on: calibrated and refit, model/inference.predictive_trace).
 
 Weights are trained when missing (``--weights DIR``, default ~/.cache/horovod-cutoff/lofo;
 about 4 minutes each on one core, progress on stderr) with ``horovod-cutoff train``'s
@@ -63,7 +64,8 @@ def _fidelity(weights: Path, times: np.ndarray) -> dict:
     from horovod_cutoff.model.inference import predictive_trace
 
     start = int(0.8 * times.shape[0])
-    return summary(predictive_trace(load_model(weights), times, samples=64, start=start), start)
+    return summary(predictive_trace(load_model(weights), times, samples=64, start=start,
+                                    finetune=True), start)
 
 
 def run(quick: bool = False) -> dict:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from horovod_cutoff.model import load_model
-from horovod_cutoff.model.finetune import EmissionWindow, emission_loss, refit_emission
+from horovod_cutoff.model.finetune import FIRST, EmissionWindow, emission_loss, refit_emission
 from horovod_cutoff.policies import predictive as predictive_module
-from horovod_cutoff.policies.predictive import FINETUNE_FIRST, Predictive
+from horovod_cutoff.policies.predictive import Predictive
 from horovod_cutoff.sim import replay
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -86,7 +86,7 @@ def test_a_failing_refit_warns_once_and_the_model_goes_on(monkeypatch):
     policy = Predictive(overhead=0.008, finetune_every=20)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        replay(sticky_trace(FINETUNE_FIRST + 60, 4), policy, overhead=0.008, lag=1)
+        replay(sticky_trace(FIRST + 60, 4), policy, overhead=0.008, lag=1)
     relevant = [w for w in caught if "refitting the emission failed" in str(w.message)]
     assert len(relevant) == 1 and "out of memory" in str(relevant[0].message)
     assert policy.failed is None and policy.window is None and policy.refits == 0
@@ -104,7 +104,7 @@ def test_live_refits_run_off_the_observing_thread_and_swap_in_when_done(monkeypa
     monkeypatch.setattr(predictive_module, "refit_emission", slow_refit)
     policy = Predictive(overhead=0.008, finetune_every=10)
     policy.serve_live()
-    times = sticky_trace(FINETUNE_FIRST + 30, 4)
+    times = sticky_trace(FIRST + 30, 4)
     slowest = 0.0
     for row in times:
         t0 = time.perf_counter()
@@ -133,3 +133,14 @@ def test_bad_finetune_arguments_raise_naming_them(params, argument):
 def test_the_config_says_whether_it_finetunes():
     assert Predictive().config()["finetune"] is True
     assert Predictive(finetune=False).config()["finetune"] is False
+
+
+def test_the_predictive_checks_follow_the_policys_refits():
+    from horovod_cutoff.model.inference import predictive_trace
+
+    times = sticky_trace(320, 4)
+    start = 220
+    loglik = {finetune: np.nanmean(predictive_trace(load_model(), times, samples=64, start=start,
+                                                    finetune=finetune)["loglik"][start:])
+              for finetune in (False, True)}
+    assert loglik[True] > loglik[False] + 0.05

@@ -29,6 +29,8 @@ import torch
 
 from .network import RunTimeModel, State, censored_log_likelihood
 
+FIRST = 100          # steps seen before the first refit
+EVERY = 100          # steps between refits (the predictive's default ``finetune_every``)
 WINDOW = 400         # steps a refit learns from (the most recent)
 ROWS_PER_STEP = 16   # workers sampled from each step: the cost stays flat in N
 ITERATIONS = 50      # Adam steps per refit (100, or 4096-row batches, gained nothing measurable)
@@ -105,6 +107,12 @@ def refit_emission(pretrained: RunTimeModel, window: EmissionWindow,
     window is empty or the fit does not stay finite (the caller keeps its weights)."""
     if len(window) == 0:
         return None
+    with torch.enable_grad():  # callers may filter under no_grad (model.inference.predictive_trace)
+        return _fit(pretrained, window, iterations, lr, seed, batch_rows)
+
+
+def _fit(pretrained: RunTimeModel, window: EmissionWindow, iterations: Optional[int], lr: float,
+         seed: int, batch_rows: Optional[int]) -> Optional[RunTimeModel]:
     h, g, z, x, c = window.table()
     model = copy.deepcopy(pretrained)
     params = list(model.emission_net.parameters())

@@ -272,18 +272,22 @@ def hot_path(model: RunTimeModel, state: State, times: torch.Tensor, censored: t
 
 @torch.no_grad()
 def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[np.ndarray] = None,
-                     samples: int = 128, seed: int = 0, start: int = 1, calibrate: bool = True) -> dict:
+                     samples: int = 128, seed: int = 0, start: int = 1, calibrate: bool = True,
+                     finetune: bool = False) -> dict:
     """One-step-ahead predictive checks along a trace [T, N] (seconds, NaN absent): for every
     step t >= 1 and worker n, the predictive log density of x_{t,n} given steps < t (a Monte
     Carlo average over S latent draws of the per-worker log-normal mixture), whether x_{t,n}
     fell in the central 50% and 90% predictive intervals, its PIT (the predictive probability
     below it), and the predictive mean.
     ``calibrate``: with the online spread calibration the predictive policy runs (from step 0,
-    as live). Returns arrays [T, N] (NaN before ``start`` and for absent or censored cells),
-    and the spread factor per step."""
+    as live). ``finetune``: with the emission refits the predictive policy runs (every
+    model.finetune.EVERY steps from model.finetune.FIRST on, on the steps seen so far, seeded:
+    the predictive the policy acts on). Returns arrays [T, N] (NaN before ``start`` and for
+    absent or censored cells), and the spread factor per step."""
     from torch.distributions import Categorical, MixtureSameFamily, Normal
 
     from .calibration import SpreadCalibration, pit
+    from .finetune import EVERY, FIRST, EmissionWindow, refit_emission
 
     T, N = times.shape
     censored = np.zeros((T, N), dtype=bool) if censored is None else censored
@@ -293,6 +297,7 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
     loglik, in50, in90, mean, pits = (np.full(shape, np.nan) for _ in range(5))
     spreads = np.ones(T)
     calibration = SpreadCalibration() if calibrate else None
+    pretrained, window, since = model, EmissionWindow(seed=seed) if finetune else None, 0
     x_all = torch.as_tensor(times, dtype=torch.float32)
     c_all = torch.as_tensor(censored)
     for t in range(T):
@@ -328,5 +333,12 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
             pits[t, okn] = pit(draws.numpy(), v.numpy())[okn]
             mean[t] = torch.exp(draws).mean(0).numpy()
         if (~torch.isnan(x_all[t]) & ~c_all[t]).any():
+            if window is not None:  # as Predictive._finetune: record, then refit when due
+                if state.steps > 0:
+                    window.add(state, times[t], censored[t])
+                since += 1
+                if len(window) >= FIRST and since >= EVERY:
+                    since = 0
+                    model = refit_emission(pretrained, window, seed=seed + t) or model
             state, _ = model.step(state, x_all[t:t + 1], c_all[t:t + 1], score=False)
     return {"loglik": loglik, "in50": in50, "in90": in90, "pit": pits, "mean": mean, "spread": spreads}

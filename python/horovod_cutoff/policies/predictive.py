@@ -46,7 +46,7 @@ import torch
 
 from ..kernels import make_predictor
 from ..model.calibration import SpreadCalibration
-from ..model.finetune import EmissionWindow, refit_emission
+from ..model.finetune import EVERY, FIRST, EmissionWindow, refit_emission
 from ..model.inference import GRID_BINS, OBJECTIVES, Noise, hot_path
 from ..model.network import RunTimeModel, State
 from ..model.weights import load_model, weights_hash
@@ -56,7 +56,6 @@ from .quorum import QuorumChoice
 
 AUTO_DRAWS, AUTO_RANGE = 16384, (64, 256)  # samples=None: S = AUTO_DRAWS / N within the range
 RATE_DECAY = 0.99  # the running throughput's memory (lambda objective), per step
-FINETUNE_FIRST = 100  # steps seen before the first refit of the emission
 # Live, a refit starts only once this many times its predecessor's duration has passed since
 # that one ended: fine-tuning takes at most a tenth of one of the coordinator's cores.
 LIVE_REFIT_SPACING = 9.0
@@ -68,7 +67,7 @@ class Predictive(Policy):
     def __init__(self, overhead: float = 0.0, samples: Optional[int] = None, seed: int = 0,
                  model: Union[str, Path, RunTimeModel, None] = None, objective: str = "step",
                  calibrate: bool = True, fast: bool = True, quorum: bool = True,
-                 finetune: bool = True, finetune_every: int = 100):
+                 finetune: bool = True, finetune_every: int = EVERY):
         self.overhead = non_negative_seconds(overhead, "overhead")
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, float))
                                     or int(samples) != samples or int(samples) < 1):
@@ -204,7 +203,7 @@ class Predictive(Policy):
                 new, seconds = refit.result()
                 self._next_refit_at = time.monotonic() + LIVE_REFIT_SPACING * seconds
                 self._swap(new)
-        due = len(self.window) >= FINETUNE_FIRST and self._since_refit >= self.finetune_every
+        due = len(self.window) >= FIRST and self._since_refit >= self.finetune_every
         if not due or self._refit is not None or \
                 (self._background is not None and time.monotonic() < self._next_refit_at):
             return
