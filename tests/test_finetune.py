@@ -144,3 +144,30 @@ def test_the_predictive_checks_follow_the_policys_refits():
                                                     finetune=finetune)["loglik"][start:])
               for finetune in (False, True)}
     assert loglik[True] > loglik[False] + 0.05
+
+
+def test_weights_loaded_while_a_live_refit_runs_are_not_overwritten_by_it(monkeypatch):
+    release = threading.Event()
+
+    def slow_refit(pretrained, window, seed=0):
+        release.wait(10)
+        return copy.deepcopy(pretrained)
+
+    monkeypatch.setattr(predictive_module, "refit_emission", slow_refit)
+    policy = Predictive(overhead=0.008, finetune_every=10)
+    policy.serve_live()
+    times = sticky_trace(FIRST + 5, 4)
+    for row in times:
+        policy.observe(row, np.zeros(4, dtype=bool))
+    refit = policy._refit
+    assert refit is not None
+    other = copy.deepcopy(load_model())
+    with torch.no_grad():
+        other.emission_net[-1].bias.add_(0.01)
+    loaded = policy.load_weights(other)
+    release.set()
+    refit.result(timeout=5)
+    for row in times[-3:]:
+        policy.observe(row, np.zeros(4, dtype=bool))
+    assert policy.hash == loaded and policy.model is other and policy.refits == 0
+    policy.close()

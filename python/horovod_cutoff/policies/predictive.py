@@ -130,6 +130,7 @@ class Predictive(Policy):
             self._predictor.load_weights(new)
         self.model, self.pretrained, self.hash = new, new, weights_hash(new)
         self.model_source = "object" if isinstance(model, RunTimeModel) else str(model)
+        self._refit = None  # a refit under way started from the old weights: never swap it in
         return self.hash
 
     @property
