@@ -93,17 +93,24 @@ def test_a_failing_refit_warns_once_and_the_model_goes_on(monkeypatch):
     assert 0 < policy.cutoff() < 1.0
 
 
-def test_live_refits_run_off_the_observing_thread_and_swap_in_when_done(monkeypatch):
+def live_policy_with_held_refits(monkeypatch):
+    """A live predictive policy whose refits start (``started``) and then wait for
+    ``release`` before returning the pretrained weights unchanged."""
     started, release = threading.Event(), threading.Event()
 
-    def slow_refit(pretrained, window, seed=0):
+    def held_refit(pretrained, window, seed=0):
         started.set()
         release.wait(10)
         return copy.deepcopy(pretrained)
 
-    monkeypatch.setattr(predictive_module, "refit_emission", slow_refit)
+    monkeypatch.setattr(predictive_module, "refit_emission", held_refit)
     policy = Predictive(overhead=0.008, finetune_every=10)
     policy.serve_live()
+    return policy, started, release
+
+
+def test_live_refits_run_off_the_observing_thread_and_swap_in_when_done(monkeypatch):
+    policy, started, release = live_policy_with_held_refits(monkeypatch)
     times = sticky_trace(FIRST + 30, 4)
     slowest = 0.0
     for row in times:
@@ -147,15 +154,7 @@ def test_the_predictive_checks_follow_the_policys_refits():
 
 
 def test_weights_loaded_while_a_live_refit_runs_are_not_overwritten_by_it(monkeypatch):
-    release = threading.Event()
-
-    def slow_refit(pretrained, window, seed=0):
-        release.wait(10)
-        return copy.deepcopy(pretrained)
-
-    monkeypatch.setattr(predictive_module, "refit_emission", slow_refit)
-    policy = Predictive(overhead=0.008, finetune_every=10)
-    policy.serve_live()
+    policy, _, release = live_policy_with_held_refits(monkeypatch)
     times = sticky_trace(FIRST + 5, 4)
     for row in times:
         policy.observe(row, np.zeros(4, dtype=bool))
