@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 COLUMNS = ("run", "gradients/s", "vs none", "vs Horovod", "steps/s", "contributors",
            "wasted", "to target loss", "accuracy")
@@ -65,7 +65,7 @@ def sim_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown(result: dict, figures: Optional[str] = "docs/figures/live") -> str:
+def markdown(result: dict) -> str:
     """Every table of one P7 result, headed by job."""
     parts = [f"P7 (`{result.get('command', 'horovod-cutoff bench P7 --json')}`): "
              f"{'met' if result['met'] else 'not met'}; {result['device']}; "

@@ -10,7 +10,7 @@ worker cut last step will most likely be fast again, when it stays slow 70% of t
 Only the emission net is refit, to what the policy uses: the predictive distribution of the
 next step. Its inputs, the filter's state before each step, are recorded as the filter runs
 (``EmissionWindow``), so a refit is a feed-forward fit of the censored log-likelihood on a
-table of rows, with the latent drawn as the predictive draws it (model.next_latent), not a
+table of rows, with the latent drawn as the predictive draws it (model.draw_latent), not a
 replay of the recurrence: 0.3-0.5 s of one core, whatever N (rows are subsampled per
 step). Fitting with the step's posterior latent instead, which has seen the step, teaches the
 emission to lean on a latent the prediction does not have: measured, it lost 5-13% of
@@ -41,20 +41,34 @@ BATCH_ROWS = 1024    # rows per Adam step (all of them when the window holds few
 class EmissionWindow:
     """The last ``window`` steps as emission-fit rows: (h_{t-1,n}, g_{t-1}, ref_{t-1}, the
     filter's latent z_{t-1} and its sd, x_{t,n}, censored_{t,n}) for up to ``rows_per_step``
-    present workers n of each step."""
+    present workers n of each step; and the refit schedule both the policy and
+    model.inference.predictive_trace follow: the first refit once FIRST steps are held, then
+    one every ``every`` steps."""
 
-    def __init__(self, window: int = WINDOW, rows_per_step: int = ROWS_PER_STEP, seed: int = 0):
+    def __init__(self, window: int = WINDOW, rows_per_step: int = ROWS_PER_STEP, seed: int = 0,
+                 every: int = EVERY):
         if int(window) < 1 or int(rows_per_step) < 1:
             raise ValueError(f"window and rows_per_step must be >= 1, got {window}, {rows_per_step}")
-        self.rows_per_step = int(rows_per_step)
+        self.rows_per_step, self.every = int(rows_per_step), int(every)
         self._steps: Deque[Tuple[np.ndarray, ...]] = deque(maxlen=int(window))
         self._rng = np.random.default_rng(seed)
+        self._since_refit = 0  # steps offered since the last refit started
 
     def __len__(self) -> int:
         return len(self._steps)
 
-    def add(self, before: State, times: np.ndarray, censored: np.ndarray) -> None:
-        """Records one step's times with ``before``, the filter state its prediction came from."""
+    def refit_due(self) -> bool:
+        return len(self) >= FIRST and self._since_refit >= self.every
+
+    def refit_started(self) -> None:
+        self._since_refit = 0
+
+    def add(self, before: Optional[State], times: np.ndarray, censored: np.ndarray) -> None:
+        """Offers one step's times with ``before``, the filter state its prediction came from
+        (None: there was none, e.g. the first step); every offer counts toward the schedule."""
+        self._since_refit += 1
+        if before is None:
+            return
         present = np.flatnonzero(~np.isnan(times))
         if present.size == 0 or not np.isfinite(float(before.ref[0])):
             return  # the first step (no reference yet) or nobody: nothing the emission predicted
@@ -67,7 +81,7 @@ class EmissionWindow:
 
     def snapshot(self) -> "EmissionWindow":
         """A copy of the rows as they are now (for a refit on another thread)."""
-        copy_ = EmissionWindow(max(1, self._steps.maxlen or 1), self.rows_per_step)
+        copy_ = EmissionWindow(self._steps.maxlen, self.rows_per_step, every=self.every)
         copy_._steps.extend(self._steps)  # rows are never modified once added
         return copy_
 
@@ -88,12 +102,11 @@ def emission_loss(model: RunTimeModel, h: torch.Tensor, g: torch.Tensor, latent:
                   x: torch.Tensor, censored: torch.Tensor,
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Mean negative censored log-likelihood of the rows under the model's predictive: one
-    draw of the next latent per row, as model.next_latent draws it, then the emission."""
+    draw of the next latent per row, as the predictive draws it, then the emission."""
     z_prev, z_sd = latent.chunk(2, dim=-1)
     noise = torch.randn((2,) + z_prev.shape, generator=generator, dtype=z_prev.dtype)
-    with torch.no_grad():
-        mu, sd = model.prior(g, z_prev + z_sd * noise[0])
-    z = mu + sd * noise[1]
+    with torch.no_grad():  # only the emission is fit
+        z = model.draw_latent(g, z_prev, z_sd, noise[0], noise[1])
     em = model.emission(h.unsqueeze(1), g)  # each row a cluster of one worker: [R, 1, ...]
     shift = (em.load * z.unsqueeze(1)).sum(-1, keepdim=True)
     return -censored_log_likelihood(em.logits, em.loc + shift, em.scale, x.unsqueeze(1),
@@ -113,7 +126,7 @@ def refit_emission(pretrained: RunTimeModel, window: EmissionWindow,
 
 def _fit(pretrained: RunTimeModel, window: EmissionWindow, iterations: Optional[int], lr: float,
          seed: int, batch_rows: Optional[int]) -> Optional[RunTimeModel]:
-    h, g, z, x, c = window.table()
+    h, g, latent, x, c = window.table()
     model = copy.deepcopy(pretrained)
     params = list(model.emission_net.parameters())
     for p in model.parameters():
@@ -125,7 +138,7 @@ def _fit(pretrained: RunTimeModel, window: EmissionWindow, iterations: Optional[
     rows, batch = h.shape[0], batch_rows or BATCH_ROWS
     for _ in range(ITERATIONS if iterations is None else int(iterations)):
         idx = torch.randperm(rows, generator=generator)[:batch] if rows > batch else slice(None)
-        loss = emission_loss(model, h[idx], g[idx], z[idx], x[idx], c[idx], generator)
+        loss = emission_loss(model, h[idx], g[idx], latent[idx], x[idx], c[idx], generator)
         if not torch.isfinite(loss):
             return None
         opt.zero_grad()

@@ -280,14 +280,14 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
     fell in the central 50% and 90% predictive intervals, its PIT (the predictive probability
     below it), and the predictive mean.
     ``calibrate``: with the online spread calibration the predictive policy runs (from step 0,
-    as live). ``finetune``: with the emission refits the predictive policy runs (every
-    model.finetune.EVERY steps from model.finetune.FIRST on, on the steps seen so far, seeded:
-    the predictive the policy acts on). Returns arrays [T, N] (NaN before ``start`` and for
-    absent or censored cells), and the spread factor per step."""
+    as live). ``finetune``: with the emission refits the predictive policy runs, on its
+    schedule (model.finetune.EmissionWindow), seeded: the predictive the policy acts on.
+    Returns arrays [T, N] (NaN before ``start`` and for absent or censored cells), and the
+    spread factor per step."""
     from torch.distributions import Categorical, MixtureSameFamily, Normal
 
     from .calibration import SpreadCalibration, pit
-    from .finetune import EVERY, FIRST, EmissionWindow, refit_emission
+    from .finetune import EmissionWindow, refit_emission
 
     T, N = times.shape
     censored = np.zeros((T, N), dtype=bool) if censored is None else censored
@@ -297,7 +297,7 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
     loglik, in50, in90, mean, pits = (np.full(shape, np.nan) for _ in range(5))
     spreads = np.ones(T)
     calibration = SpreadCalibration() if calibrate else None
-    pretrained, window, since = model, EmissionWindow(seed=seed) if finetune else None, 0
+    pretrained, window = model, EmissionWindow(seed=seed) if finetune else None
     x_all = torch.as_tensor(times, dtype=torch.float32)
     c_all = torch.as_tensor(censored)
     for t in range(T):
@@ -334,11 +334,9 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
             mean[t] = torch.exp(draws).mean(0).numpy()
         if (~torch.isnan(x_all[t]) & ~c_all[t]).any():
             if window is not None:  # as Predictive._finetune: record, then refit when due
-                if state.steps > 0:
-                    window.add(state, times[t], censored[t])
-                since += 1
-                if len(window) >= FIRST and since >= EVERY:
-                    since = 0
+                window.add(state if state.steps > 0 else None, times[t], censored[t])
+                if window.refit_due():
+                    window.refit_started()
                     model = refit_emission(pretrained, window, seed=seed + t) or model
             state, _ = model.step(state, x_all[t:t + 1], c_all[t:t + 1], score=False)
     return {"loglik": loglik, "in50": in50, "in90": in90, "pit": pits, "mean": mean, "spread": spreads}

@@ -222,6 +222,12 @@ class RunTimeModel(nn.Module):
                     transition_noise: torch.Tensor) -> torch.Tensor:
         """S samples of next step's latent for a single cluster (state batch 1):
         z_t ~ q (mean, sd kept by the filter), then z_{t+1} ~ prior(g_t, z_t). Noise [S, D]."""
-        z_t = state.z[0] + state.z_sd[0] * z_noise
-        mu, sd = self.prior(state.g[0].expand(z_t.shape[0], -1), z_t)
+        g = state.g[0].expand(z_noise.shape[0], -1)
+        return self.draw_latent(g, state.z[0], state.z_sd[0], z_noise, transition_noise)
+
+    def draw_latent(self, g: torch.Tensor, z: torch.Tensor, z_sd: torch.Tensor,
+                    z_noise: torch.Tensor, transition_noise: torch.Tensor) -> torch.Tensor:
+        """The next latent as the predictive draws it, for any leading shape: z_t = z + z_sd *
+        z_noise from the filter's posterior, then z_{t+1} ~ prior(g, z_t)."""
+        mu, sd = self.prior(g, z + z_sd * z_noise)
         return mu + sd * transition_noise

@@ -46,7 +46,7 @@ import torch
 
 from ..kernels import make_predictor
 from ..model.calibration import SpreadCalibration
-from ..model.finetune import EVERY, FIRST, EmissionWindow, refit_emission
+from ..model.finetune import EVERY, EmissionWindow, refit_emission
 from ..model.inference import GRID_BINS, OBJECTIVES, Noise, hot_path
 from ..model.network import RunTimeModel, State
 from ..model.weights import load_model, weights_hash
@@ -101,9 +101,8 @@ class Predictive(Policy):
         self.joint = QuorumChoice(self.overhead, objective, calibrate) if self.choose_quorum else None
         self.pretrained = self.model  # each refit starts from these weights
         self.finetune_every = int(finetune_every)
-        self.window = EmissionWindow(seed=self.seed) if finetune else None
+        self.window = EmissionWindow(seed=self.seed, every=self.finetune_every) if finetune else None
         self.refits = 0               # refits whose weights were swapped in
-        self._since_refit = 0
         self._before: Optional[State] = None  # the filter state the last prediction came from
         self._background: Optional[ThreadPoolExecutor] = None  # serve_live(): refits off-thread
         self._refit: Optional[Future] = None
@@ -192,23 +191,22 @@ class Predictive(Policy):
 
     def _finetune(self, times: np.ndarray, censored: np.ndarray) -> None:
         """Records this step for the emission refits; starts one when due, swaps one in when done."""
-        if self._before is not None and self._before.h.shape[1] == times.size:
-            self.window.add(self._before, times, censored)
+        same_workers = self._before is not None and self._before.h.shape[1] == times.size
+        self.window.add(self._before if same_workers else None, times, censored)
         self._before = self.state
-        self._since_refit += 1
         if self._refit is not None and self._refit.done():
             refit, self._refit = self._refit, None
-            if refit.exception() is not None:
-                self._swap(refit.exception())
+            error = refit.exception()
+            if error is not None:
+                self._swap(error)
             else:
                 new, seconds = refit.result()
                 self._next_refit_at = time.monotonic() + LIVE_REFIT_SPACING * seconds
                 self._swap(new)
-        due = len(self.window) >= FIRST and self._since_refit >= self.finetune_every
-        if not due or self._refit is not None or \
+        if not self.window.refit_due() or self._refit is not None or \
                 (self._background is not None and time.monotonic() < self._next_refit_at):
             return
-        self._since_refit = 0
+        self.window.refit_started()
         seed = self.seed + self.refits + 1
         if self._background is None:
             try:
