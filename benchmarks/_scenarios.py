@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Dict, List
 
-from horovod_cutoff.sim import simulate_all
+from horovod_cutoff.sim import progress_bar, simulate_all
 from horovod_cutoff.traces.generators import SCENARIOS, generate
 
 ONLINE_BASELINES = ("none", "static", "backup", "elfving", "adaptive")
@@ -24,10 +24,16 @@ def scenario_table(quick: bool, overhead: float = 0.02, seed: int = 0,
     arrival channel's step-end rule (sim.replay)."""
     n = sizes(quick)
     rows = []
-    for name in SCENARIOS:
-        times = generate(name, n["workers"], n["steps"], seed)
-        results = simulate_all(times, overhead=overhead, warmup=n["warmup"], arrivals=arrivals)
-        rows.append({"scenario": name, "results": {r["policy"]: r for r in results}})
+    # Minutes at full size: a bar per scenario, and simulate_all's per policy inside it.
+    with progress_bar(len(SCENARIOS), "scenarios" + (" (arrivals)" if arrivals else ""), True,
+                      unit="scenario") as bar:
+        for name in SCENARIOS:
+            bar.set_postfix_str(name)
+            times = generate(name, n["workers"], n["steps"], seed)
+            results = simulate_all(times, overhead=overhead, warmup=n["warmup"], arrivals=arrivals,
+                                   progress=True)
+            rows.append({"scenario": name, "results": {r["policy"]: r for r in results}})
+            bar.update()
     return rows
 
 

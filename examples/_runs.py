@@ -83,6 +83,9 @@ class TrainClock:
     """Seconds of training: wall time since start, less the time spent paused (evaluation)."""
 
     def __init__(self):
+        self.restart()
+
+    def restart(self) -> None:
         self.start = time.perf_counter()
         self.paused_s = 0.0
 

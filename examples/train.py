@@ -6,7 +6,8 @@ Each rank learns a synthetic classification task (a fixed random teacher network
 Gaussian inputs) and is slowed by an injected straggler trace, so plain Horovod and each
 cutoff policy (``--cutoff``, comma-separated; run one after the other in the same job) meet
 exactly the same stragglers. Rank 0 prints wall time, gradients per second and the time
-each run took to reach the target loss.
+each run took to reach the target loss, all counted from the end of step 0, a warm-up that
+waits for every rank.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ def train(args, cutoff, options, trace):
             optimizer.step()
         else:
             optimizer.step(closure)
+        if step == 0:
+            # Step 0 is the warm-up, outside the clock for every run alike: it waits for every
+            # rank, so it carries their start-up skew (first calls into Horovod and autograd).
+            start = time.perf_counter()
         if step % 10 == 9:
             # Evaluation between steps: paused() stops the cutoff's clock meanwhile.
             with getattr(optimizer, "paused", contextlib.nullcontext)(), torch.no_grad():
@@ -78,12 +83,12 @@ def train(args, cutoff, options, trace):
     wall = time.perf_counter() - start
     if hasattr(optimizer, "cutoff_stats"):
         stats = optimizer.cutoff_stats()
-        contributions = sum(s["contributors"] for s in stats)
+        contributions = sum(s["contributors"] for s in stats[1:])
         if args.record and rank == 0:  # replayable with `horovod-cutoff simulate --trace ...`
             record(args.record, stats)
         optimizer.close()
     else:
-        contributions = args.steps * hvd.size()
+        contributions = (args.steps - 1) * hvd.size()
     return {"policy": cutoff or "horovod", "wall_s": wall, "gradients_per_s": contributions / wall,
             "time_to_target_s": reached, "final_loss": losses[-1] if losses else float("nan")}
 
@@ -95,12 +100,15 @@ def main() -> None:
                              "predictive), each run after plain Horovod on the same stragglers")
     parser.add_argument("--cutoff-options", default="{}", type=json.loads,
                         help="JSON keyword arguments for the policy")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=300,
+                        help="per run, at least 2: the first is a warm-up the figures leave out")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--target-loss", type=float, default=0.7)
     parser.add_argument("--record", help="write the last cutoff run's per-step times (.npz)")
     parser.add_argument("--no-compare", action="store_true", help="skip the plain Horovod run")
     args = parser.parse_args()
+    if args.steps < 2:
+        raise SystemExit(f"--steps must be at least 2 (the first is a warm-up), got {args.steps}")
 
     hvd.init()
     torch.set_num_threads(1)

@@ -170,3 +170,21 @@ def test_weights_loaded_while_a_live_refit_runs_are_not_overwritten_by_it(monkey
         policy.observe(row, np.zeros(4, dtype=bool))
     assert policy.hash == loaded and policy.model is other and policy.refits == 0
     policy.close()
+
+
+def test_a_live_policy_drops_the_gil_between_its_phases_and_a_simulated_one_does_not(monkeypatch):
+    # Live, the policy's Python work shares the GIL with rank 0's training thread: it lets a
+    # waiting training thread go first between phases (time.sleep(0) releases the GIL).
+    sleeps = []
+    monkeypatch.setattr(predictive_module.time, "sleep", lambda s: sleeps.append(s))
+    times = sticky_trace(20, 4)
+    simulated = Predictive(overhead=0.008)
+    for row in times:
+        simulated.observe(row, np.zeros(4, dtype=bool))
+    assert sleeps == []
+    live = Predictive(overhead=0.008)
+    live.serve_live()
+    for row in times:
+        live.observe(row, np.zeros(4, dtype=bool))
+    live.close()
+    assert len(sleeps) >= 3 * (len(times) - 2) and set(sleeps) == {0}

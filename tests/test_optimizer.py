@@ -514,3 +514,27 @@ def test_the_service_moves_a_policys_long_work_off_its_thread_and_stops_it_on_cl
     assert policy.calls == ["serve_live"]
     opt.close()
     assert policy.calls == ["serve_live", "close"]
+
+
+class FailingLivePolicy(LivePolicy):
+    """A live policy whose cutoff() breaks after its first answer."""
+
+    def cutoff(self):
+        if self.calls.count("cutoff") >= 1:
+            raise RuntimeError("model diverged")
+        self.calls.append("cutoff")
+        return math.inf
+
+
+def test_a_policy_replaced_for_failing_has_its_background_work_stopped_at_once():
+    policy = FailingLivePolicy()
+    model, opt = make(policy)
+    with pytest.warns(RuntimeWarning, match="model diverged"):
+        for _ in range(3):  # step 1's observation makes the service answer again: it fails
+            loss_step(model, opt)
+        deadline = time.monotonic() + 5
+        while "close" not in policy.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert policy.calls == ["serve_live", "cutoff", "close"]  # before the optimizer closes
+    opt.close()
+    assert policy.calls.count("close") == 1

@@ -296,8 +296,11 @@ def test_quorum_false_answers_time_only_and_is_in_the_config():
 
 
 def test_predictive_gains_from_its_quorum_with_arrivals():
-    times = generate("iid", 32, 400, seed=0)
-    on = replay(times, Predictive(overhead=0.02, samples=64), 0.02, warmup=50, arrivals=True)
-    off = replay(times, Predictive(overhead=0.02, samples=64, quorum=False), 0.02, warmup=50,
-                 arrivals=True)
-    assert on["gradients_per_second"] > off["gradients_per_second"]
+    # Over three traces: on one alone the gain (about 1%) is within a trace's noise.
+    rates = {True: 0.0, False: 0.0}
+    for seed in range(3):
+        times = generate("iid", 32, 400, seed=seed)
+        for quorum in rates:
+            rates[quorum] += replay(times, Predictive(overhead=0.02, samples=64, quorum=quorum),
+                                    0.02, warmup=50, arrivals=True)["gradients_per_second"]
+    assert rates[True] > rates[False]

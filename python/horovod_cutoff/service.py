@@ -52,9 +52,7 @@ class CutoffService:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        close = getattr(self.policy, "close", None)
-        if close is not None:
-            close()
+        _close(self.policy)
 
     # ---- the thread -----------------------------------------------------------------------
 
@@ -101,6 +99,7 @@ class CutoffService:
             return
 
     def _fall_back(self, why: str) -> None:
+        _close(self.policy)  # its background work (predictive's refits) ends with it
         if self.failed is not None:  # the fallback itself failed: wait for all
             self.policy = NoCutoff()
             return
@@ -110,3 +109,17 @@ class CutoffService:
                       f"{getattr(replacement, 'name', type(replacement).__name__)!r}",
                       RuntimeWarning, stacklevel=2)
         self.policy = replacement
+        live = getattr(replacement, "serve_live", None)
+        if live is not None:
+            live()
+
+
+def _close(policy: Any) -> None:
+    """Stops a policy's background work, if it has any; a policy already failing may fail
+    here too, which must not stop the service."""
+    close = getattr(policy, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001  (it is being replaced for failing already)
+            pass
