@@ -41,9 +41,7 @@ class CutoffService:
                                         daemon=True)
 
     def start(self) -> "CutoffService":
-        live = getattr(self.policy, "serve_live", None)
-        if live is not None:  # a policy with long work (predictive's refits) moves it off our thread
-            live()
+        _serve_live(self.policy)
         self._answer(basis=-1)  # the policy's cutoff before any observation
         self._thread.start()
         return self
@@ -109,17 +107,23 @@ class CutoffService:
                       f"{getattr(replacement, 'name', type(replacement).__name__)!r}",
                       RuntimeWarning, stacklevel=2)
         self.policy = replacement
-        live = getattr(replacement, "serve_live", None)
-        if live is not None:
-            live()
+        _serve_live(replacement)
+
+
+def _serve_live(policy: Any) -> None:
+    """Tells a policy with long work (predictive's refits) that it serves live, so it moves
+    that work off the service's thread."""
+    live = getattr(policy, "serve_live", None)
+    if live is not None:
+        live()
 
 
 def _close(policy: Any) -> None:
-    """Stops a policy's background work, if it has any; a policy already failing may fail
-    here too, which must not stop the service."""
+    """Stops a policy's background work, if it has any. Its errors never escape: the service
+    is stopping, or replacing the policy because it failed already."""
     close = getattr(policy, "close", None)
     if close is not None:
         try:
             close()
-        except Exception:  # noqa: BLE001  (it is being replaced for failing already)
+        except Exception:  # noqa: BLE001  (nothing left to do with the policy)
             pass

@@ -25,11 +25,11 @@ has seen, the long-run form. All three are compared by benchmarks/p6_simulator.p
 Weights: the shipped pretrained ones unless ``model=FILE``; ``load_weights`` swaps others in
 mid-run. The model adapts in context through its recurrent state; with ``finetune`` (default
 on) it also refits its emission on the run's own last steps every ``finetune_every`` steps
-(model/finetune.py): in the simulator between two steps, deterministic;
-under the live cutoff service on a background thread (``serve_live``), the new weights
-swapping in at the first step after the refit ends, so the service never waits for it. If
-the model fails or yields a non-finite cutoff, the policy warns once and from then on answers
-with the adaptive policy, which shadows every observation so it is ready at once.
+(model/finetune.py): in the simulator between two steps, deterministic; under the live cutoff
+service on a background thread (``serve_live``), the new weights swapping in at the first
+step after the refit ends, so the service never waits for it. If the model fails or yields a
+non-finite cutoff, the policy warns once and from then on answers with the adaptive policy,
+which shadows every observation so it is ready at once.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class Predictive(Policy):
     def _let_training_run(self) -> None:
         """Live, between the policy's phases: drops the GIL for a moment, so that the
         coordinator's training thread, if it is waiting for it, goes first. The policy's Python
-        work (about 1.5 ms a step at 4 workers) otherwise held rank 0's own step back: measured
+        work (about 1.6 ms a step at 4 workers) otherwise held rank 0's own step back: measured
         on the digits example at np=4, rank 0 computed 0.6-0.9 ms a step slower than the other
         ranks without this, 0.0-0.6 ms with it. The simulator has no one to yield to."""
         if self._live:
