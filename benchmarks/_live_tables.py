@@ -51,6 +51,13 @@ def headline_table(result: dict) -> str:
     for name in ("none", "adaptive", "predictive"):
         lines.append(f"| {name}: time to test loss {result['target_loss']} | "
                      f"{_spread(t[name], '.1f', ' s')} |")
+    if h.get("by_steps"):
+        lines += ["", "| steps (every repetition) | none | adaptive | predictive | predictive / adaptive |",
+                  "|---|---|---|---|---|"]
+        for span, r in h["by_steps"].items():
+            cells = [_cell(r[name], ".1f") for name in ("none", "adaptive", "predictive")]
+            cells.append(_cell(r["predictive_vs_adaptive"], ".3f", "x"))
+            lines.append(f"| {span} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -65,11 +72,18 @@ def sim_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _lengths(result: dict) -> str:
+    headline = result.get("headline_steps", result["steps"])
+    if headline == result["steps"]:
+        return f"{headline} steps a run"
+    return f"{headline} steps a run on the headline trace, {result['steps']} on the others"
+
+
 def markdown(result: dict) -> str:
     """Every table of one P7 result, headed by job."""
     parts = [f"P7 (`{result.get('command', 'horovod-cutoff bench P7 --json')}`): "
              f"{'met' if result['met'] else 'not met'}; {result['device']}; "
-             f"{result['steps']} steps a run, np={result['np']}.", "", headline_table(result)]
+             f"{_lengths(result)}, np={result['np']}.", "", headline_table(result)]
     for job, rows in result["runs"].items():
         parts += ["", f"**{job}**", "", run_table(rows)]
     parts += ["", "**simulator vs live** (the headline trace's `none` run, replayed)", "",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -188,3 +190,19 @@ def test_a_live_policy_drops_the_gil_between_its_phases_and_a_simulated_one_does
         live.observe(row, np.zeros(4, dtype=bool))
     live.close()
     assert len(sleeps) >= 3 * (len(times) - 2) and set(sleeps) == {0}
+
+
+def test_serving_live_pays_the_first_optimizers_import_before_training():
+    # A process's first torch optimizer imports torch._dynamo (seconds holding the GIL): made
+    # on the refit thread, it stalled the cutoff service for 0.46 s mid-training. serve_live()
+    # pays it up front. A fresh interpreter, so nothing else has paid it yet.
+    code = ("import sys\n"
+            "from horovod_cutoff.policies.predictive import Predictive\n"
+            "policy = Predictive(overhead=0.008)\n"
+            "before = 'torch._dynamo' in sys.modules\n"
+            "policy.serve_live()\n"
+            "print(before, 'torch._dynamo' in sys.modules)\n"
+            "policy.close()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]

@@ -79,3 +79,29 @@ def test_the_results_tables_show_every_run_of_the_committed_p7_result():
     for name in result["sim_vs_live"]["gains"]:
         assert f"| {name} | {result['sim_vs_live']['gains'][name]['measured']:.2f}x |" in text
     assert all(line in text for line in result["losing"])
+
+
+def test_the_headline_gains_by_stretch_of_steps_sum_every_repetition_and_leave_out_step_0(tmp_path):
+    from live_suite import HEADLINE, _by_segment
+
+    def write(folder, name, contributors, seconds):
+        folder.mkdir(exist_ok=True)
+        np.savez(folder / f"{HEADLINE}-{name}.npz", contributors=np.asarray(contributors),
+                 step_seconds=np.asarray(seconds))
+
+    steps = 400  # step 0 is a warm-up: 1000 contributors in 1 s would swamp every stretch
+    for rep, folder in enumerate((tmp_path, tmp_path / "rep1")):
+        for name, per_step in (("none", 2), ("adaptive", 3), ("predictive", 4)):
+            k = np.full(steps, per_step)
+            k[0] = 1000
+            # predictive is slower before step 100 in repetition 1 only
+            seconds = np.full(steps, 0.1)
+            if name == "predictive" and rep == 1:
+                seconds[1:100] = 0.3
+            write(folder, name, k, seconds)
+    out = _by_segment([tmp_path, tmp_path / "rep1"], ("none", "adaptive", "predictive"))
+    assert list(out) == ["1-99", "100-299", "300-"]
+    assert out["1-99"]["none"] == 20.0 and out["1-99"]["adaptive"] == 30.0
+    # 2 x 99 steps x 4 gradients in 99 x 0.1 + 99 x 0.3 seconds
+    assert out["1-99"]["predictive"] == pytest.approx(20.0) and out["1-99"]["predictive_vs_adaptive"] == 0.667
+    assert out["100-299"]["predictive"] == 40.0 and out["300-"]["predictive_vs_adaptive"] == 1.333
