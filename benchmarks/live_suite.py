@@ -241,8 +241,12 @@ def _by_segment(folders, policies) -> dict:
     """Gradients/s of each policy over each of STEP_SEGMENTS of the headline runs (from their
     recordings, which hold every step: step 0 is the warm-up), summed over the repetitions
     (paused time, the evaluations, left out), and predictive / adaptive there."""
+    steps = len(np.load(Path(folders[0]) / f"{HEADLINE}-{policies[0]}.npz")["step_seconds"])
     out = {}
     for first, end in STEP_SEGMENTS:
+        end = steps if end is None else min(end, steps)
+        if first >= end:  # a short (--quick) run: nothing there
+            continue
         rate = {}
         for name in policies:
             gradients = seconds = 0.0
@@ -251,7 +255,7 @@ def _by_segment(folders, policies) -> dict:
                 gradients += float(data["contributors"][first:end].sum())
                 seconds += float(data["step_seconds"][first:end].sum())
             rate[name] = round(gradients / seconds, 2) if seconds > 0 else None
-        label = f"{first}-{end - 1}" if end else f"{first}-"
+        label = f"{first}-{end - 1}"
         ratio = rate["predictive"] / rate["adaptive"] if rate.get("adaptive") else None
         out[label] = {**rate, "predictive_vs_adaptive": None if ratio is None else round(ratio, 3)}
     return out
