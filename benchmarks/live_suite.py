@@ -97,6 +97,7 @@ def run(quick: bool = False) -> dict:
                 bar.update()
                 bar.set_postfix_str(line.split(DONE, 1)[1].strip())
 
+        headline_records = []  # each repetition's recordings, for the stretches of steps
         for scenario, rep in jobs:
             # Each repetition starts the rotation elsewhere, so slow drift of a shared
             # machine does not always fall on the same policy.
@@ -105,6 +106,7 @@ def run(quick: bool = False) -> dict:
             if scenario == HEADLINE:  # rep 0 beside the contention job's, for sim_vs_live
                 record = Path(records) / (f"rep{rep}" if rep else "")
                 record.mkdir(exist_ok=True)
+                headline_records.append(record)
             steps = plan["headline_steps"] if scenario == HEADLINE else plan["steps"]
             ranks = horovodrun(NP, Path(__file__), {"scenario": scenario, "runs": order,
                                                     "steps": steps,
@@ -129,8 +131,7 @@ def run(quick: bool = False) -> dict:
         sim = compare({name: Path(records) / f"{HEADLINE}-{name}.npz" for name in POLICIES},
                       {k: v["gradients_per_s"] for k, v in headline.items() if k in POLICIES},
                       _digits_args().eval_every)
-        segments = _by_segment([Path(records) / (f"rep{r}" if r else "") for r in range(plan["reps"])],
-                               ("none", "adaptive", "predictive"))
+        segments = _by_segment(headline_records, ("none", "adaptive", "predictive"))
     from _live_plots import job_figure, sim_vs_live_figure
     target_loss = plan["target_loss"]
 
@@ -241,19 +242,18 @@ def _by_segment(folders, policies) -> dict:
     """Gradients/s of each policy over each of STEP_SEGMENTS of the headline runs (from their
     recordings, which hold every step: step 0 is the warm-up), summed over the repetitions
     (paused time, the evaluations, left out), and predictive / adaptive there."""
-    steps = len(np.load(Path(folders[0]) / f"{HEADLINE}-{policies[0]}.npz")["step_seconds"])
+    recorded = {name: [np.load(Path(folder) / f"{HEADLINE}-{name}.npz") for folder in folders]
+                for name in policies}  # each file read once, not once per stretch
+    steps = len(recorded[policies[0]][0]["step_seconds"])
     out = {}
     for first, end in STEP_SEGMENTS:
         end = steps if end is None else min(end, steps)
         if first >= end:  # a short (--quick) run: nothing there
             continue
         rate = {}
-        for name in policies:
-            gradients = seconds = 0.0
-            for folder in folders:
-                data = np.load(Path(folder) / f"{HEADLINE}-{name}.npz")
-                gradients += float(data["contributors"][first:end].sum())
-                seconds += float(data["step_seconds"][first:end].sum())
+        for name, runs in recorded.items():
+            gradients = sum(float(r["contributors"][first:end].sum()) for r in runs)
+            seconds = sum(float(r["step_seconds"][first:end].sum()) for r in runs)
             rate[name] = round(gradients / seconds, 2) if seconds > 0 else None
         label = f"{first}-{end - 1}"
         ratio = rate["predictive"] / rate["adaptive"] if rate.get("adaptive") else None

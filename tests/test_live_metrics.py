@@ -105,9 +105,10 @@ def test_the_headline_gains_by_stretch_of_steps_sum_every_repetition_and_leave_o
     # 2 x 99 steps x 4 gradients in 99 x 0.1 + 99 x 0.3 seconds
     assert out["1-99"]["predictive"] == pytest.approx(20.0) and out["1-99"]["predictive_vs_adaptive"] == 0.667
     assert out["100-299"]["predictive"] == 40.0 and out["300-399"]["predictive_vs_adaptive"] == 1.333
-    # A run shorter than a stretch reports what it has of it, and nothing beyond.
+    # One repetition alone: the same stretches.
     short = _by_segment([folder], ("none", "adaptive", "predictive"))
     assert list(short) == ["1-99", "100-299", "300-399"]
+    # A run shorter than a stretch reports what it has of it, and nothing beyond.
     for name in ("none", "adaptive", "predictive"):
         write(tmp_path / "short", name, np.full(150, 3), np.full(150, 0.1))
     assert list(_by_segment([tmp_path / "short"], ("none", "adaptive", "predictive"))) == ["1-99", "100-149"]

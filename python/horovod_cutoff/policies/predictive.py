@@ -194,7 +194,8 @@ class Predictive(Policy):
         coordinator's training thread, if it is waiting for it, goes first. The policy's Python
         work (about 1.6 ms a step at 4 workers) otherwise held rank 0's own step back: measured
         on the digits example at np=4, rank 0 computed 0.6-0.9 ms a step slower than the other
-        ranks without this, 0.0-0.6 ms with it. The simulator has no one to yield to."""
+        ranks without this, 0.0-0.8 ms with it (adaptive: 0.2-0.6 ms). The simulator has no one
+        to yield to."""
         if self._live:
             time.sleep(0)
 
