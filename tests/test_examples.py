@@ -49,9 +49,7 @@ def test_the_examples_figures_leave_out_the_warm_up_step():
             assert run["steps"] == 5, run
 
 
-HOROVODRUN = Path(sys.executable).with_name("horovodrun")
-
-
+@pytest.mark.multirank
 @pytest.mark.parametrize("script,args,title", [
     ("train.py", ["--steps", "40"], "2 ranks"),
     ("digits.py", ["--steps", "40", "--eval-every", "20", "--cutoff", "predictive"], "digits: 2 ranks"),
@@ -59,11 +57,11 @@ HOROVODRUN = Path(sys.executable).with_name("horovodrun")
                                 "--num-warmup-batches", "2", "--model", "mlp",
                                 "--cutoff", "predictive", "--stragglers", "example"], "predictive"),
 ])
-def test_each_example_runs_under_horovodrun_as_the_readme_launches_it(script, args, title):
+def test_each_example_runs_under_horovodrun_as_the_readme_launches_it(launch_horovodrun, script,
+                                                                       args, title):
     # Two real ranks over Gloo, plain Horovod first and then the policies, to the one-screen
     # summary rank 0 prints (the README's `make example` runs train.py this way at np=4).
-    job = subprocess.run([str(HOROVODRUN), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
-                          str(ROOT / "examples" / script), *args],
-                         capture_output=True, text=True, timeout=240, cwd=ROOT)
+    job = launch_horovodrun(2, [str(ROOT / "examples" / script), *args], 240,
+                            f"horovodrun {script}", stderr=subprocess.PIPE, cwd=ROOT)
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     assert title in job.stdout, job.stdout[-3000:]
