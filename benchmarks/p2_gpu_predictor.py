@@ -155,13 +155,15 @@ def _grid_argmax_on(log_samples, overhead: float, bins: int) -> float:
     return float(c[int(torch.argmax(value))])
 
 
-def _reference_us(model, workers: int, samples: int, iters: int) -> List[float]:
-    """The plain PyTorch hot path on the GPU: model.step, predictive_log_times, grid argmax."""
+def _reference_us(model, workers: int, samples: int, iters: int, device: str = "cuda") -> List[float]:
+    """The plain PyTorch hot path on the GPU: model.step, predictive_log_times, grid argmax.
+    (``device`` "cpu" only lets the tests run this path without a GPU.)"""
     import torch
-    from horovod_cutoff.model import GRID_BINS, Noise
-    from horovod_cutoff.model.inference import predictive_log_times
+    from horovod_cutoff.model import Noise
+    from horovod_cutoff.model.inference import GRID_BINS, predictive_log_times
 
-    dev = torch.device("cuda")
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     net = copy.deepcopy(model).to(dev)
     s = net.initial_state(1, workers)
     state = type(s)(s.h.to(dev), s.g.to(dev), s.z.to(dev), s.z_sd.to(dev), s.ref.to(dev))
@@ -174,7 +176,7 @@ def _reference_us(model, workers: int, samples: int, iters: int) -> List[float]:
                           torch.randn(samples, net.D, device=dev, generator=gen),
                           torch.rand(samples, workers, device=dev, generator=gen),
                           torch.randn(samples, workers, device=dev, generator=gen))
-            torch.cuda.synchronize()
+            sync()
             started = time.perf_counter()
             # Host arrays in, a Python float out: the same contract as the kernel's step().
             state, _ = net.step(state, times.to(dev).unsqueeze(0), cens.to(dev).unsqueeze(0), score=False)

@@ -263,6 +263,21 @@ def test_make_predictor_gives_the_cpu_path(model):
     assert isinstance(make_predictor(model, 4, 16, device="cpu"), CpuPredictor)
 
 
+def test_the_default_predictor_is_the_cpu_path_even_with_a_gpu(model, monkeypatch):
+    # Regression: with CUDA present the default was the Triton kernel, whose compiled runs on an
+    # H100 left the reference (README, P2). It is opt-in now; asking for it without a GPU is named.
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.delenv("HOROVOD_CUTOFF_PREDICTOR", raising=False)
+    assert isinstance(make_predictor(model, 4, 16), CpuPredictor)
+    monkeypatch.setenv("HOROVOD_CUTOFF_PREDICTOR", "gpu")
+    with pytest.raises(ValueError, match="HOROVOD_CUTOFF_PREDICTOR must be 'cpu' or 'triton'"):
+        make_predictor(model, 4, 16)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setenv("HOROVOD_CUTOFF_PREDICTOR", "triton")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        make_predictor(model, 4, 16)
+
+
 @pytest.mark.parametrize("kwargs,name", [
     (dict(workers=0), "workers"), (dict(workers=2.5), "workers"), (dict(samples=0), "samples"),
     (dict(bins=0), "bins"), (dict(overhead=-0.1), "overhead"), (dict(overhead=math.inf), "overhead"),

@@ -284,6 +284,50 @@ def test_bad_arguments_are_named(model, monkeypatch):
 
 # ----- on a real GPU: the compiled kernels, without the interpreter ----------------------------------
 
+BIND_CHECK = """
+import json
+import torch
+import triton.runtime.jit as jit
+from triton.backends.compiler import GPUTarget
+from triton.compiler import make_backend
+import horovod_cutoff.kernels.triton_predictor as tp
+from horovod_cutoff.model import load_model
+
+assert isinstance(tp._cutoff_kernel, jit.JITFunction), "the kernels were built for the interpreter"
+backend = make_backend(GPUTarget("cuda", 90, 32))
+bound = {}
+
+def bind_only(self, *args, grid, warmup, **kwargs):
+    # What JITFunction.run does before it needs a device: bind and specialise the arguments.
+    binder = jit.create_function_from_signature(self.signature, self.params, backend)
+    try:
+        binder(*args, **kwargs)
+        bound[self.fn.__name__] = "ok"
+    except Exception as err:
+        bound[self.fn.__name__] = f"{type(err).__name__}: {err}"
+
+jit.JITFunction.run = bind_only
+tp.interpreting = lambda: True  # only so that a CPU predictor can be built; nothing runs
+p = tp.TritonPredictor(load_model(), 16, 32, device="cpu")
+p._launch(0)
+print(json.dumps(bound))
+"""
+
+
+def test_launch_arguments_bind_in_the_compiled_launcher():
+    # Regression: a kernel argument named `params` was shadowed by a local of the function Triton
+    # generates to bind a compiled kernel's arguments ("failed to specialize argument of type:
+    # dict" on the first GPU step). The interpreter binds differently, so only a launch without
+    # TRITON_INTERPRET shows it; binding needs no device.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", BIND_CHECK], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    bound = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert bound == {name: "ok" for name in ("_embed_pool_kernel", "_update_kernel", "_sample_kernel",
+                                             "_cutoff_kernel")}, bound
+
+
 GPU_CHECK = """
 import json, sys
 import torch

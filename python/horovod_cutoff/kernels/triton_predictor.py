@@ -253,6 +253,14 @@ def _embed_pool_kernel(
         q = _elu(q)
         z_new = _mv(w, PO_W2, W, 0, D, 0, W, q, DP, WP) + _vec(w, PO_B2, D, DP)
         z_sd = _softplus(_mv(w, PO_W2, W, D, D, 0, W, q, DP, WP) + _vec(w, PO_B2 + D, D, DP)) + SD_FLOOR
+        # z_t goes to the GRU below through memory, not registers: compiled (Triton 3.6, H100),
+        # the [DP] result of the reduction above fed into the [GP, DP] products below gave a
+        # wrong g_t (0.1-0.9 off the reference) while z_t itself was right; the interpreter
+        # cannot show it. Measured: state agrees at N=64 and 1024 this way.
+        dz = tl.arange(0, DP)
+        tl.store(pend + G + dz, z_new, mask=dz < D)
+        tl.debug_barrier()
+        z_new = tl.load(pend + G + dz, mask=dz < D, other=0.0, cache_modifier=".cg")
         # g_t = GRU_global([pooled, stats, z_t], g_{t-1}); gates r, z, n as in torch.nn.GRUCell.
         GIN: tl.constexpr = E + 3 + D
         gi_r = (_mv(w, GC_WIH, GIN, 0, G, 0, E, pooled, GP, EP)
@@ -394,8 +402,10 @@ def _update_kernel(
 
 # ----- launch 3: the S x N log samples, per-sample maxima, global range --------------------------
 
+# `scalars` is the fp64 input block (overhead, rate, mode, spread). Not `params`: Triton's compiled
+# launcher binds arguments in a generated function whose own local `params` shadows it.
 @triton.jit
-def _sample_kernel(times, em, znext, noise_u, noise_n, pend, params, samples, rowmax, lohi, N, S,
+def _sample_kernel(times, em, znext, noise_u, noise_n, pend, scalars, samples, rowmax, lohi, N, S,
                    G: tl.constexpr, D: tl.constexpr, K: tl.constexpr, DP: tl.constexpr,
                    BS: tl.constexpr, BN: tl.constexpr, SCH: tl.constexpr):
     pid = tl.program_id(0)
@@ -408,7 +418,7 @@ def _sample_kernel(times, em, znext, noise_u, noise_n, pend, params, samples, ro
     # The calibration's spread (a runtime input): L' = m_n + spread * (L - m_n) about each
     # worker's predictive mean m_n = ref + sum_k pi_nk loc_nk + load_n . mean_s z^s. Every
     # program sums all S latents itself (launch 2 wrote them); at spread 1 none of this runs.
-    spread64 = tl.load(params + 3)
+    spread64 = tl.load(scalars + 3)
     scaled = spread64 != 1.0  # the reference's test, on the float64 it was given
     spread = spread64.to(tl.float32)  # torch scales a float32 tensor by a float32 scalar
     zbar = tl.zeros((DP,), tl.float32)
@@ -460,7 +470,7 @@ def _max_combine(a, b):
 
 
 @triton.jit
-def _cutoff_kernel(times, samples, rowmax, lohi, hist_n, hist_top, hist_mn, hist_ms, tick, params,
+def _cutoff_kernel(times, samples, rowmax, lohi, hist_n, hist_top, hist_mn, hist_ms, tick, scalars,
                    state, pend, out, N, S, BINS,
                    G: tl.constexpr, D: tl.constexpr, SP: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr,
                    BCH: tl.constexpr, NCH: tl.constexpr):
@@ -491,9 +501,9 @@ def _cutoff_kernel(times, samples, rowmax, lohi, hist_n, hist_top, hist_mn, hist
     if tl.atomic_add(tick, 1) == tl.num_programs(0) - 1:
         # The last program: every histogram is complete. One pass over the bins in chunks,
         # carrying the prefix sums and the prefix max; the first bin of the maximum wins.
-        overhead = tl.load(params)
-        rate = tl.load(params + 1)
-        mode = tl.load(params + 2)
+        overhead = tl.load(scalars)
+        rate = tl.load(scalars + 1)
+        mode = tl.load(scalars + 2)
         s_f = S + tl.zeros((), tl.float64)  # S may be a compile-time 1
         carry_n = tl.zeros((), tl.float64)
         carry_mn = tl.zeros((), tl.float64)

@@ -253,7 +253,7 @@ class Predictive(Policy):
 
     def _fast_step(self, times: np.ndarray, censored: np.ndarray, rate,
                    spread: float) -> Tuple[float, np.ndarray]:
-        """kernels/: the Triton kernel on the GPU, the C++ path on the CPU (the grid argmax).
+        """kernels/: the C++ path (the Triton kernel where HOROVOD_CUTOFF_PREDICTOR=triton).
         Returns the cutoff and the prediction's log samples [S, N]."""
         if self._predictor is None or self._predictor.workers != times.size:
             self._predictor = make_predictor(self.model, times.size, self.samples_for(times.size),
