@@ -42,8 +42,9 @@ class EmissionWindow:
     """The last ``window`` steps as emission-fit rows: (h_{t-1,n}, g_{t-1}, ref_{t-1}, the
     filter's latent z_{t-1} and its sd, x_{t,n}, censored_{t,n}) for up to ``rows_per_step``
     present workers n of each step; and the refit schedule both the policy and
-    model.inference.predictive_trace follow: the first refit once FIRST steps are held, then
-    one every ``every`` steps."""
+    model.inference.predictive_trace follow: a refit once ``every`` steps have been offered
+    since the last one (or since the start) and at least FIRST steps are held. (So the first
+    refit comes at max(FIRST, every) steps: a very large ``every`` means no refit at all.)"""
 
     def __init__(self, window: int = WINDOW, rows_per_step: int = ROWS_PER_STEP, seed: int = 0,
                  every: int = EVERY):
