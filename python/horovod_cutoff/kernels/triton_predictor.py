@@ -203,7 +203,8 @@ def _embed_pool_kernel(
         BN: tl.constexpr, NCH: tl.constexpr, Y_CLAMP: tl.constexpr, SD_FLOOR: tl.constexpr,
         EMB_W1: tl.constexpr, EMB_B1: tl.constexpr, EMB_W2: tl.constexpr, EMB_B2: tl.constexpr,
         PO_W1: tl.constexpr, PO_B1: tl.constexpr, PO_W2: tl.constexpr, PO_B2: tl.constexpr,
-        GC_WIH: tl.constexpr, GC_WHH: tl.constexpr, GC_BIH: tl.constexpr, GC_BHH: tl.constexpr):
+        GC_WIH: tl.constexpr, GC_WHH: tl.constexpr, GC_BIH: tl.constexpr, GC_BHH: tl.constexpr,
+        GINP: tl.constexpr):
     pid = tl.program_id(0)
     ref_old = tl.load(state + G + 2 * D)
     ref_prev = ref_old
@@ -253,25 +254,25 @@ def _embed_pool_kernel(
         q = _elu(q)
         z_new = _mv(w, PO_W2, W, 0, D, 0, W, q, DP, WP) + _vec(w, PO_B2, D, DP)
         z_sd = _softplus(_mv(w, PO_W2, W, D, D, 0, W, q, DP, WP) + _vec(w, PO_B2 + D, D, DP)) + SD_FLOOR
-        # z_t goes to the GRU below through memory, not registers: compiled (Triton 3.6, H100),
-        # the [DP] result of the reduction above fed into the [GP, DP] products below gave a
-        # wrong g_t (0.1-0.9 off the reference) while z_t itself was right; the interpreter
-        # cannot show it. Measured: state agrees at N=64 and 1024 this way.
-        dz = tl.arange(0, DP)
-        tl.store(pend + G + dz, z_new, mask=dz < D)
-        tl.debug_barrier()
-        z_new = tl.load(pend + G + dz, mask=dz < D, other=0.0, cache_modifier=".cg")
-        # g_t = GRU_global([pooled, stats, z_t], g_{t-1}); gates r, z, n as in torch.nn.GRUCell.
+        # The GRU's input [pooled, stats, z_t] goes to it through memory, as one vector, not as
+        # three register vectors: compiled (Triton 3.6, H100), the [DP] result of the reduction
+        # above fed into [GP, DP] products gave a wrong g_t (0.1-0.9 off the reference) while
+        # z_t itself was right; the interpreter cannot show it. Reloading z_t alone made the
+        # state agree at N=64 and 1024 (not yet at N=16); one [GP, GINP] product per gate, the
+        # shape of the g_{t-1} products that always agreed, leaves no narrow product at all.
         GIN: tl.constexpr = E + 3 + D
-        gi_r = (_mv(w, GC_WIH, GIN, 0, G, 0, E, pooled, GP, EP)
-                + _mv(w, GC_WIH, GIN, 0, G, E, 3, stats, GP, 4)
-                + _mv(w, GC_WIH, GIN, 0, G, E + 3, D, z_new, GP, DP) + _vec(w, GC_BIH, G, GP))
-        gi_u = (_mv(w, GC_WIH, GIN, G, G, 0, E, pooled, GP, EP)
-                + _mv(w, GC_WIH, GIN, G, G, E, 3, stats, GP, 4)
-                + _mv(w, GC_WIH, GIN, G, G, E + 3, D, z_new, GP, DP) + _vec(w, GC_BIH + G, G, GP))
-        gi_n = (_mv(w, GC_WIH, GIN, 2 * G, G, 0, E, pooled, GP, EP)
-                + _mv(w, GC_WIH, GIN, 2 * G, G, E, 3, stats, GP, 4)
-                + _mv(w, GC_WIH, GIN, 2 * G, G, E + 3, D, z_new, GP, DP) + _vec(w, GC_BIH + 2 * G, G, GP))
+        xin_at = pend + G + 2 * D + 2
+        tl.store(xin_at + ec, pooled, mask=ec < E)
+        tl.store(xin_at + E + i4, stats, mask=i4 < 3)
+        dz = tl.arange(0, DP)
+        tl.store(xin_at + E + 3 + dz, z_new, mask=dz < D)
+        tl.debug_barrier()  # the CTA's stores, then its loads
+        gc_in = tl.arange(0, GINP)
+        xin = tl.load(xin_at + gc_in, mask=gc_in < GIN, other=0.0, cache_modifier=".cg")
+        # g_t = GRU_global([pooled, stats, z_t], g_{t-1}); gates r, z, n as in torch.nn.GRUCell.
+        gi_r = _mv(w, GC_WIH, GIN, 0, G, 0, GIN, xin, GP, GINP) + _vec(w, GC_BIH, G, GP)
+        gi_u = _mv(w, GC_WIH, GIN, G, G, 0, GIN, xin, GP, GINP) + _vec(w, GC_BIH + G, G, GP)
+        gi_n = _mv(w, GC_WIH, GIN, 2 * G, G, 0, GIN, xin, GP, GINP) + _vec(w, GC_BIH + 2 * G, G, GP)
         gh_r = _mv(w, GC_WHH, G, 0, G, 0, G, g_old, GP, GP) + _vec(w, GC_BHH, G, GP)
         gh_u = _mv(w, GC_WHH, G, G, G, 0, G, g_old, GP, GP) + _vec(w, GC_BHH + G, G, GP)
         gh_n = _mv(w, GC_WHH, G, 2 * G, G, 0, G, g_old, GP, GP) + _vec(w, GC_BHH + 2 * G, G, GP)
@@ -685,7 +686,8 @@ class TritonPredictor:
         self._state = torch.zeros(G + 2 * D + 1, **f32)   # g, z, z_sd, ref
         self._state[G + D:G + 2 * D] = 1.0
         self._state[G + 2 * D] = float("nan")
-        self._pend = torch.zeros(G + 2 * D + 2, **f32)    # g, z, z_sd, ref_prev, ref_new
+        # g, z, z_sd, ref_prev, ref_new; then launch 1's scratch for the global GRU's input
+        self._pend = torch.zeros(G + 2 * D + 2 + _p2(self.E + 3 + D, 16), **f32)
         self._acc = torch.zeros(_p2(self.E, 16) + 4, **f32)
         self._ticks = torch.zeros(2, **i32)
         self._tick1, self._tick4 = self._ticks[0:1], self._ticks[1:2]
@@ -735,7 +737,8 @@ class TritonPredictor:
         dims = dict(H=self.H, G=self.G, D=self.D, W=self.W, HP=_p2(self.H, 16), GP=_p2(self.G, 16),
                     DP=_p2(self.D), WP=_p2(self.W, 16))
         lay = self._layout
-        self._k1 = dict(dims, E=self.E, EP=_p2(self.E, 16), BN=self._bn, NCH=self._nch, Y_CLAMP=Y_CLAMP,
+        self._k1 = dict(dims, E=self.E, EP=_p2(self.E, 16), GINP=_p2(self.E + 3 + self.D, 16), BN=self._bn,
+                        NCH=self._nch, Y_CLAMP=Y_CLAMP,
                         SD_FLOOR=POSTERIOR_SD_FLOOR,
                         **lay.constants(["EMB_W1", "EMB_B1", "EMB_W2", "EMB_B2", "PO_W1", "PO_B1", "PO_W2",
                                          "PO_B2", "GC_WIH", "GC_WHH", "GC_BIH", "GC_BHH"]))
