@@ -687,7 +687,8 @@ class TritonPredictor:
         self._state[G + D:G + 2 * D] = 1.0
         self._state[G + 2 * D] = float("nan")
         # g, z, z_sd, ref_prev, ref_new; then launch 1's scratch for the global GRU's input
-        self._pend = torch.zeros(G + 2 * D + 2 + _p2(self.E + 3 + D, 16), **f32)
+        self._ginp = _p2(self.E + 3 + D, 16)
+        self._pend = torch.zeros(G + 2 * D + 2 + self._ginp, **f32)
         self._acc = torch.zeros(_p2(self.E, 16) + 4, **f32)
         self._ticks = torch.zeros(2, **i32)
         self._tick1, self._tick4 = self._ticks[0:1], self._ticks[1:2]
@@ -737,7 +738,7 @@ class TritonPredictor:
         dims = dict(H=self.H, G=self.G, D=self.D, W=self.W, HP=_p2(self.H, 16), GP=_p2(self.G, 16),
                     DP=_p2(self.D), WP=_p2(self.W, 16))
         lay = self._layout
-        self._k1 = dict(dims, E=self.E, EP=_p2(self.E, 16), GINP=_p2(self.E + 3 + self.D, 16), BN=self._bn,
+        self._k1 = dict(dims, E=self.E, EP=_p2(self.E, 16), GINP=self._ginp, BN=self._bn,
                         NCH=self._nch, Y_CLAMP=Y_CLAMP,
                         SD_FLOOR=POSTERIOR_SD_FLOOR,
                         **lay.constants(["EMB_W1", "EMB_B1", "EMB_W2", "EMB_B2", "PO_W1", "PO_B1", "PO_W2",
