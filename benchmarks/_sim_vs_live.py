@@ -28,8 +28,7 @@ def compare(records: Dict[str, Path], measured: Dict[str, float], eval_every: in
     ``predicted_with_pauses`` also makes the step after each evaluation wait for every rank,
     as ``opt.paused()`` does live (the simulator has no pauses); ``predicted_with_live_overhead``
     also charges each policy the overhead its own live run paid per step."""
-    from horovod_cutoff.policies import make_policy
-    from horovod_cutoff.sim import default_params, replay
+    from horovod_cutoff.sim import build_policy, default_params, replay
 
     times = np.load(records["none"])["times"]
     workers = times.shape[1]
@@ -41,9 +40,8 @@ def compare(records: Dict[str, Path], measured: Dict[str, float], eval_every: in
     paused = (index % eval_every == 0) & (index > 0)
 
     def rates(name: str, o: float) -> tuple:
-        # Built as the live optimizer builds it: the engine does not tell policies the step
-        # overhead, so it is not among their parameters here either.
-        policy = make_policy(name, **default_params(name, workers))
+        # Told the overhead, as the live cutoff service tells the policies that charge one.
+        policy = build_policy(name, o, **default_params(name, workers))
         out = replay(times, policy, o, warmup=warmup, lag=1, record=True, **extra)
         rows, _, made, seconds = out["trail"].T
         rows = rows.astype(int)

@@ -186,6 +186,7 @@ PYBIND11_MODULE(_C, m) {
            },
            py::arg("times"), py::arg("censored"), py::arg("rate"), py::arg("spread") = 1.0)
       .def("prepare", &Predictor::prepare, py::call_guard<py::gil_scoped_release>())
+      .def("set_overhead", &Predictor::set_overhead, py::arg("seconds"))
       .def("set_noise",
            [](Predictor& p, const FloatArray& z, const FloatArray& transition,
               const FloatArray& uniform, const FloatArray& normal) {

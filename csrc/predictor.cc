@@ -142,13 +142,19 @@ const KernelTable* choose_kernels(const std::string& isa) {
 }
 }  // namespace
 
+namespace {
+void check_overhead(double seconds) {
+  if (!(seconds >= 0.0) || !std::isfinite(seconds)) {
+    throw std::invalid_argument("overhead must be finite and >= 0");
+  }
+}
+}  // namespace
+
 Predictor::Predictor(const PredictorConfig& config, const WeightMap& weights) : config_(config) {
   if (config.workers < 1) throw std::invalid_argument("workers must be >= 1");
   if (config.samples < 1) throw std::invalid_argument("samples must be >= 1");
   if (config.bins < 1) throw std::invalid_argument("bins must be >= 1");
-  if (!(config.overhead >= 0.0) || !std::isfinite(config.overhead)) {
-    throw std::invalid_argument("overhead must be finite and >= 0");
-  }
+  check_overhead(config.overhead);
   kernels_ = choose_kernels(config.isa);
   dims_ = read_dims(weights);
   fill(weights_[0], weights);
@@ -223,6 +229,12 @@ Predictor::Predictor(const PredictorConfig& config, const WeightMap& weights) : 
   uint64_t seed = config.seed;
   for (auto& word : rng_) word = splitmix64(seed);
   ws.rng = rng_;
+}
+
+void Predictor::set_overhead(double seconds) {
+  check_overhead(seconds);
+  config_.overhead = seconds;
+  ws_.overhead = seconds;
 }
 
 int64_t Predictor::load_weights(const WeightMap& weights) {

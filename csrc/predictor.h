@@ -83,6 +83,10 @@ class Predictor {
   // naming what differs). Returns the new version (1 for the constructor's weights).
   int64_t load_weights(const WeightMap& weights);
   int64_t version() const { return version_.load(); }
+  // The per-step overhead the objective charges from the next step on (the live engine
+  // measures it as training runs). Call between steps, from the thread that steps.
+  // std::invalid_argument unless finite and >= 0.
+  void set_overhead(double seconds);
   PredictorState state() const;
   // The log samples of the last step, [S][present workers] (tests).
   std::vector<float> last_log_samples() const;

@@ -312,3 +312,20 @@ def test_bad_step_arguments_name_the_argument(model):
     with pytest.raises(ValueError, match="noise.uniform"):
         predictor.step(ok_times, ok_censored, noise=noise)
     assert predictor.state().steps == 0
+
+
+def test_set_overhead_gives_what_building_with_it_gives(model):
+    # The live service measures the overhead after the predictor is built and sets it.
+    late = CpuPredictor(model, 6, 32, overhead=0.0, seed=3)
+    built = CpuPredictor(model, 6, 32, overhead=0.05, seed=3)
+    gen = torch.Generator().manual_seed(5)
+    cutoffs = []
+    for t, (x, censored) in enumerate(_observations(6, 6, seed=2)):
+        if t == 3:
+            late.set_overhead(0.05)
+        noise = Noise.draw(32, 6, model.D, gen)
+        cutoffs.append((late.step(x, censored, noise=noise), built.step(x, censored, noise=noise)))
+    assert all(a == b for a, b in cutoffs[3:])
+    assert any(a != b for a, b in cutoffs[:3])  # the overhead matters on this trace
+    with pytest.raises(ValueError, match="overhead"):
+        late.set_overhead(-1.0)

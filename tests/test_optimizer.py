@@ -538,3 +538,25 @@ def test_a_policy_replaced_for_failing_has_its_background_work_stopped_at_once()
     assert policy.calls == ["serve_live", "cutoff", "close"]  # before the optimizer closes
     opt.close()
     assert policy.calls.count("close") == 1
+
+
+def test_the_service_measures_the_step_overhead_and_tells_a_policy_built_without_one():
+    model, opt = make("adaptive")
+    for _ in range(12):
+        loss_step(model, opt)
+    service = opt._reduction.service
+    deadline = time.monotonic() + 10  # the service observes on its own thread
+    while service.observed < 12 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = opt.cutoff_stats()
+    beyond = [s["step_seconds"] - max(s["times"]) for s in stats if not s["paused"]]
+    assert service.policy.overhead == pytest.approx(max(0.0, float(np.median(beyond))))
+    assert service.policy.overhead > 0
+    opt.close()
+
+    model, opt = make("adaptive", cutoff_options={"overhead": 0.25})
+    for _ in range(12):
+        loss_step(model, opt)
+    time.sleep(0.5)
+    assert opt._reduction.service.policy.overhead == 0.25  # a given overhead stays as given
+    opt.close()

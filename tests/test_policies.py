@@ -189,3 +189,24 @@ def test_adaptive_with_quorum_answers_one_and_says_so_in_its_config():
     assert make_policy("adaptive").quorum() is None
     with pytest.raises(ValueError, match="quorum"):
         make_policy("adaptive", quorum=1)
+
+
+@pytest.mark.parametrize("name", ["adaptive", "elfving"])
+def test_a_policy_built_without_an_overhead_takes_the_measured_one(name):
+    # Live, the cutoff service measures the overhead and tells a policy built without one.
+    rows = np.random.default_rng(4).lognormal(np.log(0.1), 0.3, size=(30, 6))
+    told = make_policy(name)
+    assert told.overhead_measured and told.overhead == 0.0 and told.config()["overhead"] == "measured"
+    told.set_overhead(0.2)
+    given = make_policy(name, overhead=0.2)
+    assert not given.overhead_measured and given.config()["overhead"] == 0.2
+    assert feed(told, rows) == feed(given, rows)
+    assert feed(make_policy(name), rows) != feed(given, rows)  # it matters on these rows
+    with pytest.raises(ValueError, match="overhead"):
+        told.set_overhead(math.nan)
+
+
+def test_adaptive_with_quorum_hands_the_overhead_to_its_joint_choice():
+    policy = AdaptiveLogNormal(quorum=True)
+    policy.set_overhead(0.03)
+    assert policy.joint.overhead == 0.03

@@ -304,3 +304,19 @@ def test_predictive_gains_from_its_quorum_with_arrivals():
             rates[quorum] += replay(times, Predictive(overhead=0.02, samples=64, quorum=quorum),
                                     0.02, warmup=50, arrivals=True)["gradients_per_second"]
     assert rates[True] > rates[False]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_measured_overhead_reaches_every_part_of_the_choice(fast):
+    # Set before the predictor is built, and again after: the policy then chooses as one
+    # built with that overhead (the live service tells it as it measures).
+    times = generate("heavy_tail", 6, 20, seed=1)
+    told, given = Predictive(fast=fast, seed=2), Predictive(overhead=0.05, fast=fast, seed=2)
+    assert told.config()["overhead"] == "measured"
+    told.set_overhead(0.05)
+    assert _steps(told, times) == _steps(given, times)
+    told.set_overhead(0.01)
+    parts = [told.fallback.overhead, told.joint.overhead]
+    if fast:
+        parts.append(told._predictor.overhead)
+    assert parts == [0.01] * len(parts)

@@ -11,6 +11,7 @@ Every fast predictor has the same interface:
     p.workers, p.samples   # N and S it was built for
     p.last_log_samples()   # that prediction's log samples [S, N] (the CPU path: present workers only)
     p.prepare()            # draws the next call's noise; off the hot path (after the cutoff is out)
+    p.set_overhead(0.009)  # the overhead the objective charges from the next call on (measured live)
     version = p.load_weights(model)   # swap weights between calls without stopping (double buffer)
     state = p.state()      # the recurrent state as a model.network.State (for tests)
 

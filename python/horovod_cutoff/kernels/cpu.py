@@ -83,6 +83,14 @@ class CpuPredictor:
             raise ValueError(f"times and censored must be numeric arrays of {self.workers} values: "
                              f"{err}") from None
 
+    def set_overhead(self, seconds: float) -> None:
+        """The per-step overhead the objective charges from the next step on."""
+        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or \
+                not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"overhead must be finite seconds >= 0, got {seconds!r}")
+        self._impl.set_overhead(float(seconds))
+        self.overhead = float(seconds)
+
     def prepare(self) -> None:
         """Draws the next step's noise now, off the hot path (a step without it draws first)."""
         self._impl.prepare()

@@ -851,6 +851,13 @@ class TritonPredictor:
             self._noise_n.copy_(noise.normal)
 
     # ----- the interface ------------------------------------------------------------------------
+    def set_overhead(self, seconds: float) -> None:
+        """The per-step overhead the objective charges from the next step on (it travels in
+        each step's scalar block)."""
+        if not (math.isfinite(float(seconds)) and float(seconds) >= 0):
+            raise ValueError(f"overhead must be a finite number >= 0, got {seconds!r}")
+        self.overhead = float(seconds)
+
     def prepare(self) -> None:
         """Draws the next call's noise (asynchronously on the predictor's stream)."""
         with self._lock:

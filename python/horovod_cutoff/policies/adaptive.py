@@ -29,7 +29,7 @@ from typing import Optional
 
 import numpy as np
 
-from .base import Policy, check_step, non_negative_seconds
+from .base import Policy, check_step
 from .lognormal import best_cutoff, impute_censored_log
 from .quorum import QuorumChoice
 
@@ -40,14 +40,14 @@ QUORUM_DRAWS = 16384  # quorum=True: S = this / N draws a step, within 64..256 (
 class AdaptiveLogNormal(Policy):
     name = "adaptive"
 
-    def __init__(self, alpha: float = 0.2, overhead: float = 0.0, warmup: int = 3,
+    def __init__(self, alpha: float = 0.2, overhead: Optional[float] = None, warmup: int = 3,
                  quorum: bool = False, seed: int = 0):
         if not (0.0 < float(alpha) <= 1.0):
             raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
         if int(warmup) < 1:
             raise ValueError(f"warmup must be at least 1 step, got {warmup}")
         self.alpha = float(alpha)
-        self.overhead = non_negative_seconds(overhead, "overhead")
+        self._take_overhead(overhead)
         self.warmup = int(warmup)
         self.mu: Optional[np.ndarray] = None
         self.var: Optional[np.ndarray] = None
@@ -94,6 +94,13 @@ class AdaptiveLogNormal(Policy):
                     times, censored, draws, self.cutoff_time_only(), self._quorum)
                 self._stale = False
 
+    def set_overhead(self, seconds: float) -> None:
+        super().set_overhead(seconds)
+        if self.joint is not None:
+            self.joint.overhead = self.overhead
+        if self._present is not None and self.joint is None:
+            self._stale = True  # the time-only cutoff is recomputed with it when asked
+
     def cutoff_time_only(self) -> float:
         """The time-only cutoff for the next step (the paper's per-step ratio)."""
         sd = np.maximum(np.sqrt(self.var), MIN_SD)
@@ -109,5 +116,5 @@ class AdaptiveLogNormal(Policy):
         return self._quorum
 
     def config(self) -> dict:
-        return {"policy": self.name, "alpha": self.alpha, "overhead": self.overhead,
+        return {"policy": self.name, "alpha": self.alpha, "overhead": self._overhead_config(),
                 "warmup": self.warmup, "quorum": self.joint is not None, "seed": self.seed}

@@ -9,7 +9,7 @@ every worker".
 from __future__ import annotations
 
 import math
-from typing import Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -51,6 +51,22 @@ class Policy:
     """
 
     name: str = "policy"
+    # Policies that charge a per-step overhead o take ``overhead``; None (their default)
+    # means "measured": 0 until the live cutoff service measures it and calls set_overhead()
+    # (DESIGN "The cutoff": o is measured). The simulator always gives one (--overhead).
+    overhead: float = 0.0
+    overhead_measured: bool = False
+
+    def _take_overhead(self, overhead: Optional[float]) -> None:
+        self.overhead_measured = overhead is None
+        self.overhead = 0.0 if overhead is None else non_negative_seconds(overhead, "overhead")
+
+    def set_overhead(self, seconds: float) -> None:
+        """The per-step overhead the objective charges from the next choice on."""
+        self.overhead = non_negative_seconds(seconds, "overhead")
+
+    def _overhead_config(self) -> Any:
+        return "measured" if self.overhead_measured else self.overhead
 
     def observe(self, times: np.ndarray, censored: np.ndarray) -> None:  # pragma: no cover
         raise NotImplementedError

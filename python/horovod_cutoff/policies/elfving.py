@@ -18,22 +18,23 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Optional
 
 import numpy as np
 from scipy import special
 
-from .base import Policy, check_step, non_negative_seconds
+from .base import Policy, check_step
 from .lognormal import inverse_mills
 
 
 class Elfving(Policy):
     name = "elfving"
 
-    def __init__(self, window: int = 20, overhead: float = 0.0):
+    def __init__(self, window: int = 20, overhead: Optional[float] = None):
         if int(window) < 1:
             raise ValueError(f"window must be a positive number of steps, got {window}")
         self.window: deque = deque(maxlen=int(window))
-        self.overhead = non_negative_seconds(overhead, "overhead")
+        self._take_overhead(overhead)
         self.workers = 0
         self._cutoff = math.inf
 
@@ -67,4 +68,4 @@ class Elfving(Policy):
         return self._cutoff
 
     def config(self) -> dict:
-        return {"policy": self.name, "window": self.window.maxlen, "overhead": self.overhead}
+        return {"policy": self.name, "window": self.window.maxlen, "overhead": self._overhead_config()}

@@ -51,7 +51,7 @@ from ..model.inference import GRID_BINS, OBJECTIVES, Noise, hot_path
 from ..model.network import RunTimeModel, State
 from ..model.weights import load_model, weights_hash
 from .adaptive import AdaptiveLogNormal
-from .base import Policy, check_step, non_negative_seconds
+from .base import Policy, check_step
 from .quorum import QuorumChoice
 
 AUTO_DRAWS, AUTO_RANGE = 16384, (64, 256)  # samples=None: S = AUTO_DRAWS / N within the range
@@ -64,11 +64,11 @@ LIVE_REFIT_SPACING = 9.0
 class Predictive(Policy):
     name = "predictive"
 
-    def __init__(self, overhead: float = 0.0, samples: Optional[int] = None, seed: int = 0,
+    def __init__(self, overhead: Optional[float] = None, samples: Optional[int] = None, seed: int = 0,
                  model: Union[str, Path, RunTimeModel, None] = None, objective: str = "step",
                  calibrate: bool = True, fast: bool = True, quorum: bool = True,
                  finetune: bool = True, finetune_every: int = EVERY):
-        self.overhead = non_negative_seconds(overhead, "overhead")
+        self._take_overhead(overhead)
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, float))
                                     or int(samples) != samples or int(samples) < 1):
             raise ValueError(f"samples must be a positive integer or None (auto), got {samples!r}")
@@ -132,6 +132,14 @@ class Predictive(Policy):
         self.model_source = "object" if isinstance(model, RunTimeModel) else str(model)
         self._refit = None  # a refit under way started from the old weights: never swap it in
         return self.hash
+
+    def set_overhead(self, seconds: float) -> None:
+        super().set_overhead(seconds)
+        self.fallback.set_overhead(self.overhead)
+        if self.joint is not None:
+            self.joint.overhead = self.overhead
+        if self._predictor is not None:
+            self._predictor.set_overhead(self.overhead)
 
     @property
     def state(self) -> Optional[State]:
@@ -286,7 +294,7 @@ class Predictive(Policy):
         return self.fallback.quorum() if self.failed is not None else self._quorum
 
     def config(self) -> dict:
-        return {"policy": self.name, "overhead": self.overhead, "samples": self.samples,
+        return {"policy": self.name, "overhead": self._overhead_config(), "samples": self.samples,
                 "seed": self.seed, "objective": self.objective, "model_sha256": self.hash,
                 "calibrate": self.calibration is not None, "fast": self.fast,
                 "quorum": self.choose_quorum, "finetune": self.window is not None,
