@@ -127,6 +127,26 @@ def test_spread_one_is_the_default_bit_for_bit(model):
             p.step(times, cens, spread=bad)
 
 
+def test_set_overhead_gives_what_building_with_it_gives(model):
+    """The live service sets the measured overhead on a built predictor: the next step
+    chooses as one built with it (the overhead travels in each step's scalar block)."""
+    gen = torch.Generator().manual_seed(2)
+    rng = np.random.default_rng(2)
+    late = TritonPredictor(model, 5, 16, overhead=0.0, device="cpu")
+    built = TritonPredictor(model, 5, 16, overhead=0.2, device="cpu")
+    cutoffs = []
+    for step in range(3):
+        if step == 1:
+            late.set_overhead(0.2)
+        times = torch.from_numpy((0.1 * rng.lognormal(0.0, 0.5, 5)).astype(np.float32))
+        cens = torch.zeros(5, dtype=torch.bool)
+        noise = Noise.draw(16, 5, model.D, gen)
+        cutoffs.append((late.step(times, cens, noise=noise), built.step(times, cens, noise=noise)))
+    assert cutoffs[0][0] != cutoffs[0][1] and all(a == b for a, b in cutoffs[1:])
+    with pytest.raises(ValueError, match="overhead"):
+        late.set_overhead(float("inf"))
+
+
 def test_objective_value_matches_reference(model):
     records = compare_with_reference(model, workers=5, samples=17, steps=2, seed=3)
     for r in records:
