@@ -37,6 +37,14 @@ def _weights(model: RunTimeModel) -> dict:
             for name, t in model.state_dict().items()}
 
 
+def _overhead_seconds(value) -> float:
+    """The constructor's and set_overhead()'s check: finite seconds >= 0, or ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"overhead must be finite seconds >= 0, got {value!r}")
+    return float(value)
+
+
 class CpuPredictor:
     """See kernels/__init__.py for the interface every fast predictor shares. ``isa``: the
     kernels, "auto" (AVX2 where the CPU has it), "avx2" or "baseline"."""
@@ -46,16 +54,14 @@ class CpuPredictor:
         self.workers = _positive_int(workers, "workers")
         self.samples = _positive_int(samples, "samples")
         self.bins = _positive_int(bins, "bins")
-        if isinstance(overhead, bool) or not isinstance(overhead, numbers.Real) or \
-                not (math.isfinite(overhead) and overhead >= 0):
-            raise ValueError(f"overhead must be finite seconds >= 0, got {overhead!r}")
+        overhead = _overhead_seconds(overhead)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         if isa not in ("auto", "avx2", "baseline"):
             raise ValueError(f"isa must be 'auto', 'avx2' or 'baseline', got {isa!r}")
-        self.overhead, self.objective, self.seed = float(overhead), objective, int(seed)
+        self.overhead, self.objective, self.seed = overhead, objective, int(seed)
         weights = _weights(model)
         self.latent = model.D
         self._impl = _C.Predictor(weights, self.workers, self.samples, self.overhead,
@@ -85,11 +91,8 @@ class CpuPredictor:
 
     def set_overhead(self, seconds: float) -> None:
         """The per-step overhead the objective charges from the next step on."""
-        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or \
-                not (math.isfinite(seconds) and seconds >= 0):
-            raise ValueError(f"overhead must be finite seconds >= 0, got {seconds!r}")
-        self._impl.set_overhead(float(seconds))
-        self.overhead = float(seconds)
+        self.overhead = _overhead_seconds(seconds)
+        self._impl.set_overhead(self.overhead)
 
     def prepare(self) -> None:
         """Draws the next step's noise now, off the hot path (a step without it draws first)."""

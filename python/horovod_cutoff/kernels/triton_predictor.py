@@ -632,8 +632,7 @@ class TritonPredictor:
             raise ValueError(f"bins must be >= 1, got {bins!r}")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if not (math.isfinite(float(overhead)) and float(overhead) >= 0):
-            raise ValueError(f"overhead must be a finite number >= 0, got {overhead!r}")
+        self.set_overhead(overhead)
         self.device = torch.device(device)
         self._cuda = self.device.type == "cuda"
         if self._cuda and not torch.cuda.is_available():
@@ -642,7 +641,7 @@ class TritonPredictor:
             raise ValueError(f"device {device!r}: the Triton predictor runs on CUDA, or on CPU tensors "
                              "only under TRITON_INTERPRET=1 (use kernels.cpu for the CPU path)")
         self.N, self.S, self.bins = int(workers), int(samples), int(bins)
-        self.overhead, self.objective = float(overhead), objective
+        self.objective = objective
         hp = model.hparams
         self.H, self.G, self.D, self.K, self.E = (hp["hidden"], hp["global_hidden"], hp["latent"],
                                                   hp["components"], hp["embed"])
