@@ -103,6 +103,28 @@ def test_elbo_rises_and_model_separates_regimes_better_than_iid_fit():
     assert np.median(after_slow) > 2.0 * np.median(after_fast)
 
 
+def test_the_joint_check_counts_stragglers_against_the_last_steps_median():
+    """predictive_trace's joint check: a straggler is a worker over STRAGGLER x the previous
+    step's median; a step with a cut worker is not checked; the shipped model, shown one worker
+    that is always 3x slower, predicts about one straggler a step."""
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(math.log(0.2), 0.02, size=(60, 8))
+    x[:, 0] *= 3.0
+    x[40, 0] /= 3.0  # the one step with no straggler
+    censored = np.zeros(x.shape, dtype=bool)
+    censored[50, 3] = True
+    check = predictive_trace(load_model(), x, censored, samples=64)
+    seen, none = check["stragglers"], check["no_straggler"]
+    assert math.isnan(seen[0]) and math.isnan(check["p_no_straggler"][0])  # nothing predicted yet
+    assert np.all(seen[1:40] == 1) and np.all(none[1:40] == 0)
+    assert seen[40] == 0 and none[40] == 1
+    assert math.isnan(seen[50]) and math.isnan(check["p_no_straggler"][50])
+    p = check["p_no_straggler"][1:50]
+    assert np.all((p >= 0) & (p <= 1))
+    assert 0.5 < np.median(check["mean_stragglers"][20:40]) < 1.5
+    assert np.median(p[20:39]) < 0.5
+
+
 def test_seeded_training_reproduces_exactly():
     def run():
         m, h = train(iterations=2, batch=2, steps=8, seed=3, log_every=0, workers=4,

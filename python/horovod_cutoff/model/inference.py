@@ -270,6 +270,11 @@ def hot_path(model: RunTimeModel, state: State, times: torch.Tensor, censored: t
     return c, state, torch.exp(log_samples)
 
 
+# predictive_trace's joint check: a worker over this many times the last step's median
+# time is a straggler.
+STRAGGLER = 1.5
+
+
 @torch.no_grad()
 def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[np.ndarray] = None,
                      samples: int = 128, seed: int = 0, start: int = 1, calibrate: bool = True,
@@ -283,7 +288,14 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
     as live). ``finetune``: with the emission refits the predictive policy runs, on its
     schedule (model.finetune.EmissionWindow), seeded: the predictive the policy acts on.
     Returns arrays [T, N] (NaN before ``start`` and for absent or censored cells), and the
-    spread factor per step."""
+    spread factor per step.
+
+    The joint check, per step [T] (NaN where not checked): a straggler is a worker slower than
+    STRAGGLER times the previous step's median; ``p_no_straggler`` is the probability the
+    predictive's joint draws give a step with none, ``no_straggler`` whether the step had none
+    (checked only where every present worker was observed), ``mean_stragglers`` and
+    ``stragglers`` the predicted and seen counts. The per-worker figures can all be right while
+    these are not: the quorum rule depends on how slowdowns come together."""
     from torch.distributions import Categorical, MixtureSameFamily, Normal
 
     from .calibration import SpreadCalibration, pit
@@ -295,6 +307,7 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
     state = model.initial_state(1, N)
     shape = (T, N)
     loglik, in50, in90, mean, pits = (np.full(shape, np.nan) for _ in range(5))
+    p_none, none, predicted_count, count = (np.full(T, np.nan) for _ in range(4))
     spreads = np.ones(T)
     calibration = SpreadCalibration() if calibrate else None
     pretrained, window = model, EmissionWindow(seed=seed) if finetune else None
@@ -332,6 +345,15 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
             in90[t, okn] = ((v >= q[0]) & (v <= q[3])).numpy()[okn]
             pits[t, okn] = pit(draws.numpy(), v.numpy())[okn]
             mean[t] = torch.exp(draws).mean(0).numpy()
+            seen = ~torch.isnan(x)
+            before = x_all[t - 1][~torch.isnan(x_all[t - 1])]
+            if bool((ok == seen).all()) and bool(seen.any()) and before.numel():
+                slow = math.log(STRAGGLER) + float(torch.log(before).median())
+                drawn = (draws[:, seen] > slow).sum(1).double()            # [S]
+                p_none[t] = float((drawn == 0).double().mean())
+                predicted_count[t] = float(drawn.mean())
+                count[t] = float((v[seen] > slow).sum())
+                none[t] = float(count[t] == 0)
         if (~torch.isnan(x_all[t]) & ~c_all[t]).any():
             if window is not None:  # as Predictive._finetune: record, then refit when due
                 window.add(state if state.steps > 0 else None, times[t], censored[t])
@@ -339,4 +361,6 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
                     window.refit_started()
                     model = refit_emission(pretrained, window, seed=seed + t) or model
             state, _ = model.step(state, x_all[t:t + 1], c_all[t:t + 1], score=False)
-    return {"loglik": loglik, "in50": in50, "in90": in90, "pit": pits, "mean": mean, "spread": spreads}
+    return {"loglik": loglik, "in50": in50, "in90": in90, "pit": pits, "mean": mean, "spread": spreads,
+            "p_no_straggler": p_none, "no_straggler": none, "mean_stragglers": predicted_count,
+            "stragglers": count}
