@@ -21,6 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OVERHEAD = 0.01
 STATE_ATOL = 2e-5  # float32 network, sums in another order than torch's
 TIE_RTOL = 1e-5    # a different cutoff must be a tie of the objective within float error
+# A sample's mixture component is the first whose cumulative weight exceeds its uniform: where
+# the uniform lies within float error of a boundary, the two paths may pick different ones.
+COMPONENT_TIE = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,28 @@ def _objective(samples: np.ndarray, cutoff: float, objective: str, rate) -> floa
         return expected / (cutoff + OVERHEAD)
     duration = float(np.minimum(cutoff, x.max(axis=1)).mean()) + OVERHEAD
     return expected - rate * duration if (objective == "lambda" and rate is not None) else expected / duration
+
+
+def _assert_samples_match(model, ours: np.ndarray, ref_log: np.ndarray, state, noise: Noise,
+                          present: np.ndarray) -> None:
+    """The log samples [S, P] agree to float error, but for a draw whose component uniform sat
+    on a boundary of the reference's mixture weights (a tie, one or two draws a step at most):
+    there each path may pick a different component. Measured: one of 16384 draws at one of 24
+    steps on an Intel Xeon, none on an AMD EPYC."""
+    far = np.abs(ours - ref_log) > 1e-5
+    if not far.any():
+        return
+    rows, cols = np.nonzero(far)
+    assert rows.size <= 2, f"{rows.size} samples differ from the reference's beyond float error"
+    with torch.no_grad():
+        em = model.emission(state.h[0], state.g[0])
+        bounds = torch.softmax(em.logits, -1).cumsum(-1)[:, :-1].numpy()  # [N, K-1]
+    workers = np.flatnonzero(present)[cols]
+    u = noise.uniform.numpy()[rows, workers]
+    gap = np.abs(bounds[workers] - u[:, None]).min(axis=1)
+    assert np.all(gap < COMPONENT_TIE), \
+        f"samples {list(zip(rows, workers))} differ from the reference's, their uniforms " \
+        f"{gap} from a component boundary"
 
 
 def _observations(workers: int, steps: int, seed: int):
@@ -89,7 +114,7 @@ def test_matches_reference_state_and_cutoff_over_consecutive_steps(model, worker
         present = ~np.isnan(x)
         kept = ref_samples.numpy()[:, present]
         ours = predictor.last_log_samples()
-        assert np.allclose(ours.numpy(), np.log(kept), atol=1e-5, rtol=0)
+        _assert_samples_match(model, ours.numpy(), np.log(kept), state, noise, present)
         # On its own samples the argmax is the reference's (to exp's last bit); across the two,
         # a sample an ulp apart can move a bin edge, and so the candidates.
         assert math.isclose(c, best_cutoff_grid(ours, OVERHEAD, objective, rate, GRID_BINS)[0], rel_tol=1e-12)
