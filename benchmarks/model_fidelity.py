@@ -50,21 +50,25 @@ def _adaptive_checks(times: np.ndarray, start: int) -> dict:
     return {"loglik": float(np.mean(ll)), "cover50": float(np.mean(i50)), "cover90": float(np.mean(i90))}
 
 
+def _means(check: dict, start: int, names: tuple) -> dict:
+    """Each ``(label, key)`` of ``names``: the mean of ``check[key]`` from step ``start`` on."""
+    return {label: round(float(np.nanmean(check[key][start:])), 4) for label, key in names}
+
+
 def summary(check: dict, start: int) -> dict:
     """A predictive_trace's figures from step ``start`` on: mean log-likelihood per worker-step
     and the coverage of the 50% / 90% intervals."""
-    return {k: round(float(np.nanmean(check[key][start:])), 4)
-            for k, key in (("loglik", "loglik"), ("cover50", "in50"), ("cover90", "in90"))}
+    return _means(check, start, (("loglik", "loglik"), ("cover50", "in50"), ("cover90", "in90")))
 
 
 def joint_summary(check: dict, start: int) -> dict:
     """A predictive_trace's joint check from step ``start`` on: the predicted probability of a
     step with no straggler against how often one came, and the predicted and seen stragglers
     a step (inference.STRAGGLER)."""
-    return {k: round(float(np.nanmean(check[key][start:])), 4)
-            for k, key in (("no_straggler_predicted", "p_no_straggler"),
-                           ("no_straggler_seen", "no_straggler"),
-                           ("stragglers_predicted", "mean_stragglers"), ("stragglers_seen", "stragglers"))}
+    return _means(check, start, (("no_straggler_predicted", "p_no_straggler"),
+                                 ("no_straggler_seen", "no_straggler"),
+                                 ("stragglers_predicted", "mean_stragglers"),
+                                 ("stragglers_seen", "stragglers")))
 
 
 def fidelity(quick: bool) -> dict:
