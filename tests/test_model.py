@@ -104,6 +104,8 @@ def test_elbo_rises_and_model_separates_regimes_better_than_iid_fit():
 
 
 def test_the_joint_check_counts_stragglers_against_the_last_steps_median():
+    from horovod_cutoff.model.dependence import MIN_HISTORY
+
     """predictive_trace's joint check: a straggler is a worker over STRAGGLER x the previous
     step's median; a step with a cut worker is not checked; the shipped model, shown one worker
     that is always 3x slower, predicts about one straggler a step."""
@@ -123,6 +125,12 @@ def test_the_joint_check_counts_stragglers_against_the_last_steps_median():
     assert np.all((p >= 0) & (p <= 1))
     assert 0.5 < np.median(check["mean_stragglers"][20:40]) < 1.5
     assert np.median(p[20:39]) < 0.5
+    # The joint the quorum uses: only once its dependence has steps to learn from; it too
+    # keeps the always-slow worker a straggler.
+    learned = check["p_no_straggler_learned"]
+    assert np.all(np.isnan(learned[:MIN_HISTORY])) and math.isnan(learned[50])
+    assert np.all((learned[MIN_HISTORY + 1:40] >= 0) & (learned[MIN_HISTORY + 1:40] <= 1))
+    assert np.median(learned[MIN_HISTORY + 1:40]) < 0.5
 
 
 def test_seeded_training_reproduces_exactly():

@@ -245,8 +245,6 @@ def test_calibration_weights_reweight_the_brute_force_objective_too():
 
 def test_the_policy_answers_the_joint_choice_on_its_own_samples(monkeypatch):
     import horovod_cutoff.policies.quorum as quorum_module
-    from horovod_cutoff.model.inference import order_statistics
-
     seen = []
     real = quorum_module.best_rule
 
@@ -258,7 +256,7 @@ def test_the_policy_answers_the_joint_choice_on_its_own_samples(monkeypatch):
     monkeypatch.setattr(quorum_module, "best_rule", spy)
     policy = Predictive(overhead=0.02, samples=64)
     answered = 0
-    for row in generate("iid", 16, 40, seed=0):
+    for row in generate("iid", 16, 60, seed=0):
         c, k = policy.cutoff(), policy.quorum()
         end = c if k is None else min(c, np.sort(row)[k - 1])
         calls = len(seen)
@@ -266,10 +264,13 @@ def test_the_policy_answers_the_joint_choice_on_its_own_samples(monkeypatch):
         if len(seen) > calls:  # a joint choice: the policy answers it, from its own samples
             order, (c, k, _, _) = seen[-1]
             assert (policy.cutoff(), policy.quorum()) == (c, k)
-            np.testing.assert_array_equal(order, order_statistics(policy._last_log))
+            # Its own draws, their joint re-learned (model/dependence.py: each a draw of the
+            # same worker, so every order statistic is one of the step's samples).
+            assert policy.joint.copula.ready and np.isin(order, policy._last_log).all()
             answered += k is not None
-        elif policy.joint._choices:  # every EXPLORE-th step: time-only
-            assert policy.joint._choices % quorum_module.EXPLORE == 0 and policy.quorum() is None
+        elif policy.joint._choices:  # every EXPLORE-th step, and until the joint is learned: time-only
+            assert policy.quorum() is None
+            assert policy.joint._choices % quorum_module.EXPLORE == 0 or not policy.joint.copula.ready
     assert policy.failed is None and answered > 0
 
 

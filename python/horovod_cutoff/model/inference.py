@@ -295,10 +295,14 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
     predictive's joint draws give a step with none, ``no_straggler`` whether the step had none
     (checked only where every present worker was observed), ``mean_stragglers`` and
     ``stragglers`` the predicted and seen counts. The per-worker figures can all be right while
-    these are not: the quorum rule depends on how slowdowns come together."""
+    these are not: the quorum rule depends on how slowdowns come together.
+    ``p_no_straggler_learned`` is the same probability from the draws the joint choice uses,
+    their dependence re-learned from the steps before (model/dependence.py); NaN until it has
+    learned (dependence.MIN_HISTORY steps)."""
     from torch.distributions import Categorical, MixtureSameFamily, Normal
 
     from .calibration import SpreadCalibration, pit
+    from .dependence import EmpiricalCopula, SlowdownGroups
     from .finetune import EmissionWindow, refit_emission
 
     T, N = times.shape
@@ -307,7 +311,8 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
     state = model.initial_state(1, N)
     shape = (T, N)
     loglik, in50, in90, mean, pits = (np.full(shape, np.nan) for _ in range(5))
-    p_none, none, predicted_count, count = (np.full(T, np.nan) for _ in range(4))
+    p_none, none, predicted_count, count, p_none_learned = (np.full(T, np.nan) for _ in range(5))
+    copula, groups = EmpiricalCopula(seed), SlowdownGroups(seed + 1)
     spreads = np.ones(T)
     calibration = SpreadCalibration() if calibrate else None
     pretrained, window = model, EmissionWindow(seed=seed) if finetune else None
@@ -320,6 +325,10 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
             noise = Noise.draw(samples, N, model.D, g)
             draws = predictive_log_times(model, state, noise, spread)                 # [S, N]
             x = x_all[t]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                last = np.log(times[t - 1])
+            groups.observe(last, censored[t - 1])
+            learned = groups.apply(copula.apply(last, censored[t - 1], draws.numpy()))
             if calibration is not None:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     calibration.update(draws.numpy(), np.log(x.numpy()), c_all[t].numpy())
@@ -351,6 +360,8 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
                 slow = math.log(STRAGGLER) + float(torch.log(before).median())
                 drawn = (draws[:, seen] > slow).sum(1).double()            # [S]
                 p_none[t] = float((drawn == 0).double().mean())
+                if copula.ready:
+                    p_none_learned[t] = float(((learned[:, seen.numpy()] > slow).sum(1) == 0).mean())
                 predicted_count[t] = float(drawn.mean())
                 count[t] = float((v[seen] > slow).sum())
                 none[t] = float(count[t] == 0)
@@ -363,4 +374,4 @@ def predictive_trace(model: RunTimeModel, times: np.ndarray, censored: Optional[
             state, _ = model.step(state, x_all[t:t + 1], c_all[t:t + 1], score=False)
     return {"loglik": loglik, "in50": in50, "in90": in90, "pit": pits, "mean": mean, "spread": spreads,
             "p_no_straggler": p_none, "no_straggler": none, "mean_stragglers": predicted_count,
-            "stragglers": count}
+            "stragglers": count, "p_no_straggler_learned": p_none_learned}

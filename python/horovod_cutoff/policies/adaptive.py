@@ -57,8 +57,8 @@ class AdaptiveLogNormal(Policy):
         self._present: Optional[np.ndarray] = None
         if not isinstance(quorum, (bool, np.bool_)):
             raise ValueError(f"quorum must be True or False, got {quorum!r}")
-        self.joint = QuorumChoice(self.overhead) if quorum else None
         self.seed = int(seed)
+        self.joint = QuorumChoice(self.overhead, seed=self.seed) if quorum else None
         self._rng = np.random.default_rng(self.seed)
         self._quorum: Optional[int] = None
 

@@ -98,7 +98,8 @@ class Predictive(Policy):
         self._gradients = self._seconds = 0.0
         self._last_log: Optional[np.ndarray] = None  # [S, N] the last prediction's log samples
         self.calibration = SpreadCalibration() if calibrate else None
-        self.joint = QuorumChoice(self.overhead, objective, calibrate) if self.choose_quorum else None
+        self.joint = (QuorumChoice(self.overhead, objective, calibrate, self.seed)
+                      if self.choose_quorum else None)
         self.pretrained = self.model  # each refit starts from these weights
         self.finetune_every = int(finetune_every)
         self.window = EmissionWindow(seed=self.seed, every=self.finetune_every) if finetune else None

@@ -10,6 +10,11 @@ EXPLORE-th step runs time-only: under a quorum k the arrivals after the k-th are
 for, so without those steps their calibration would go stale (on the phase scenario that cost
 1.4% of throughput). Uncalibrated, the choice trusts the joint draws, which place the late
 arrivals badly where slowdowns persist or come in groups (Markov, rack, mixture: 1-2.5% lost).
+Calibrated, the draws' dependence between workers is first re-learned from the run's own steps
+(model/dependence.py: the empirical copula of recent PITs, then groups of workers that
+straggle together sharing their mode), which is what makes the quorum gain on the rack
+scenario instead of losing (bench P5A's quorum_vs_time_only there: 0.9975 before); until
+that has MIN_HISTORY steps to learn from, the choice is time-only.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..model.calibration import OrderCalibration
+from ..model.dependence import EmpiricalCopula, SlowdownGroups
 from ..model.inference import best_rule, order_rows, order_statistics
 
 EXPLORE = 8  # every EXPLORE-th choice is time-only (calibrated choices only)
@@ -28,9 +34,12 @@ EXPLORE = 8  # every EXPLORE-th choice is time-only (calibrated choices only)
 class QuorumChoice:
     """One policy's joint choice, step after step. ``calibrate=False`` trusts the samples."""
 
-    def __init__(self, overhead: float, objective: str = "step", calibrate: bool = True):
+    def __init__(self, overhead: float, objective: str = "step", calibrate: bool = True,
+                 seed: int = 0):
         self.overhead, self.objective = float(overhead), objective
         self.calibration = OrderCalibration() if calibrate else None
+        self.copula = EmpiricalCopula(seed) if calibrate else None
+        self.groups = SlowdownGroups(seed + 1) if calibrate else None
         self._last: Optional[np.ndarray] = None  # the last prediction's order statistics
         self._choices = 0
 
@@ -42,6 +51,11 @@ class QuorumChoice:
         ``ran``: the quorum it ran under) and the time-only ``cutoff``."""
         present = ~np.isnan(times)
         n = int(present.sum())
+        if self.copula is not None:
+            with np.errstate(divide="ignore"):  # a 0.0 time: log -inf, still the earliest
+                log_times = np.log(times)
+            self.groups.observe(log_times, censored)
+            log_samples = self.groups.apply(self.copula.apply(log_times, censored, log_samples))
         rows = order_rows(n)  # beyond ORDER_ROWS workers, every m-th arrival stands for m
         order = order_statistics(log_samples[:, present], rows)
         weights = None
@@ -57,6 +71,8 @@ class QuorumChoice:
         self._last = order
         self._choices += 1
         if self.calibration is not None and self._choices % EXPLORE == 0:
+            return cutoff, None
+        if self.copula is not None and not self.copula.ready:  # the joint is not learned yet
             return cutoff, None
         c, k, _, _ = best_rule(order, self.overhead, cutoff, self.objective, rate, weights,
                                None if rows.size == n else rows)
