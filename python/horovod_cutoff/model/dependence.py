@@ -59,7 +59,7 @@ class _LastRows:
 
     def add(self, row: np.ndarray) -> None:
         if row.size != self._rows.shape[1]:
-            self._rows, self._added = np.zeros((self.keep, row.size), dtype=self.dtype), 0
+            self.reset(row.size)
         self._rows[self._added % self.keep] = row
         self._added += 1
 

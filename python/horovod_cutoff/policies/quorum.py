@@ -51,9 +51,9 @@ class QuorumChoice:
         ``ran``: the quorum it ran under) and the time-only ``cutoff``."""
         present = ~np.isnan(times)
         n = int(present.sum())
+        with np.errstate(divide="ignore"):  # a 0.0 time: log -inf, still the earliest
+            log_times = np.log(times)
         if self.copula is not None:
-            with np.errstate(divide="ignore"):  # a 0.0 time: log -inf, still the earliest
-                log_times = np.log(times)
             self.groups.observe(log_times, censored)
             log_samples = self.groups.apply(self.copula.apply(log_times, censored, log_samples))
         rows = order_rows(n)  # beyond ORDER_ROWS workers, every m-th arrival stands for m
@@ -61,9 +61,8 @@ class QuorumChoice:
         weights = None
         if self.calibration is not None:
             if self._last is not None and self._last.shape[0] == rows.size:
-                with np.errstate(divide="ignore"):  # a 0.0 time: log -inf, still in order
-                    arrived = np.sort(np.log(times[present & ~censored]))
-                    end = float(np.log(times[censored].max())) if censored.any() else math.inf
+                arrived = np.sort(log_times[present & ~censored])
+                end = float(log_times[censored].max()) if censored.any() else math.inf
                 told = n if ran is None else max(min(int(ran), n), arrived.size)
                 self.calibration.update(self._last, arrived[rows[rows < arrived.size]], end,
                                         int(np.count_nonzero(rows < told)))
